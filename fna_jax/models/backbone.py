@@ -1,0 +1,94 @@
+"""The network body of an :class:`~fna_jax.arch.Arch`, and the ImageNet classifier on top of it.
+
+Parameter paths (stable; converters and remapping rely on them)::
+
+    backbone/stem_conv, backbone/stem_bn
+    backbone/stage{i}/layer{j}/...        (block names: see fna_jax.models.blocks)
+    backbone/last_conv, backbone/last_bn  (MBConv nets with last_channels, e.g. 1280)
+    classifier                            (Dense, ImageNet head)
+
+Skip layers own nothing and have no entry.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from fna_jax import arch as arch_lib
+from fna_jax.models.blocks import batch_norm, make_block
+from fna_jax.ops import Conv
+
+
+def activation(family: str):
+  """ReLU6 for MBConv networks (MobileNetV2), ReLU for ResNets."""
+  return jax.nn.relu6 if family == arch_lib.MBCONV else jax.nn.relu
+
+
+class Stage(nn.Module):
+  """The layers of one stage, applied in order (``skip`` layers are the identity)."""
+  family: str
+  stage: arch_lib.Stage
+  impl: str | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    st = self.stage
+    for j, op in enumerate(st.ops):
+      c_in, c_out, stride = st.layer_io(j)
+      block = make_block(self.family, op, c_in, c_out, stride, st.dilation, f'layer{j}',
+                         self.impl)
+      if block is not None:
+        x = block(x, train)
+    return x
+
+
+class Backbone(nn.Module):
+  """Stem, stages and optional last 1x1 conv of ``arch``.
+
+  ``__call__(x, train)`` takes ``x`` of shape ``(N, H, W, 3)`` and returns a dict of feature maps:
+  ``'stem'``, ``'stage0'`` ... ``'stage{n-1}'`` and, when ``arch.last_channels`` is set, ``'last'``;
+  ``'out'`` is the final one.  Strides: ``arch.stage_output_strides()``.
+  """
+  arch: arch_lib.Arch
+  impl: str | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    a = self.arch
+    act = activation(a.family)
+    feats = {}
+    x = Conv(a.stem.channels, a.stem.kernel, a.stem.stride, impl=self.impl, name='stem_conv')(x)
+    x = act(batch_norm(train, 'stem_bn')(x))
+    if a.stem.max_pool:
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    feats['stem'] = x
+    for i, st in enumerate(a.stages):
+      x = Stage(a.family, st, self.impl, name=f'stage{i}')(x, train)
+      feats[f'stage{i}'] = x
+    if a.last_channels:
+      x = Conv(a.last_channels, 1, impl=self.impl, name='last_conv')(x)
+      x = act(batch_norm(train, 'last_bn')(x))
+      feats['last'] = x
+    feats['out'] = x
+    return feats
+
+
+class Classifier(nn.Module):
+  """ImageNet classifier: backbone -> global average pool -> dropout -> Dense(num_classes).
+
+  Dropout is 0.2 for MBConv networks (torchvision's MobileNetV2) and 0 for ResNets; it needs a
+  ``'dropout'`` rng when ``train=True``.  Returns logits ``(N, num_classes)``.
+  """
+  arch: arch_lib.Arch
+  num_classes: int = 1000
+  impl: str | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    feats = Backbone(self.arch, self.impl, name='backbone')(x, train)
+    h = jnp.mean(feats['out'], axis=(1, 2))
+    if self.arch.family == arch_lib.MBCONV:
+      h = nn.Dropout(0.2, deterministic=not train)(h)
+    return nn.Dense(self.num_classes, name='classifier')(h)
