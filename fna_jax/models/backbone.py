@@ -57,22 +57,29 @@ class Backbone(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     a = self.arch
-    act = activation(a.family)
     feats = {}
-    x = Conv(a.stem.channels, a.stem.kernel, a.stem.stride, impl=self.impl, name='stem_conv')(x)
-    x = act(batch_norm(train, 'stem_bn')(x))
-    if a.stem.max_pool:
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    feats['stem'] = x
+    x = feats['stem'] = stem(a.family, a.stem, x, train, self.impl)
     for i, st in enumerate(a.stages):
-      x = Stage(a.family, st, self.impl, name=f'stage{i}')(x, train)
-      feats[f'stage{i}'] = x
+      x = feats[f'stage{i}'] = Stage(a.family, st, self.impl, name=f'stage{i}')(x, train)
     if a.last_channels:
-      x = Conv(a.last_channels, 1, impl=self.impl, name='last_conv')(x)
-      x = act(batch_norm(train, 'last_bn')(x))
-      feats['last'] = x
+      x = feats['last'] = last_conv(a.family, a.last_channels, x, train, self.impl)
     feats['out'] = x
     return feats
+
+
+def stem(family: str, s: arch_lib.Stem, x, train: bool, impl: str | None):
+  """``stem_conv`` -> ``stem_bn`` -> activation [-> 3x3/2 max-pool]; call inside a compact module."""
+  x = Conv(s.channels, s.kernel, s.stride, impl=impl, name='stem_conv')(x)
+  x = activation(family)(batch_norm(train, 'stem_bn')(x))
+  if s.max_pool:
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+  return x
+
+
+def last_conv(family: str, channels: int, x, train: bool, impl: str | None):
+  """``last_conv`` (1x1) -> ``last_bn`` -> activation; call inside a compact module."""
+  x = Conv(channels, 1, impl=impl, name='last_conv')(x)
+  return activation(family)(batch_norm(train, 'last_bn')(x))
 
 
 class Classifier(nn.Module):

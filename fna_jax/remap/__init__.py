@@ -11,3 +11,7 @@ from fna_jax.remap.tree import (STRATEGIES, Strategy, as_strategy, check_compati
 
 __all__ = ['STRATEGIES', 'Strategy', 'as_strategy', 'check_compatible', 'remap_backbone',
            'remap_block', 'remap_variables', 'rules', 'seed_layer']
+
+from fna_jax.remap.supernet import seed_to_supernet, supernet_to_arch  # noqa: E402
+
+__all__ += ['seed_to_supernet', 'supernet_to_arch']

@@ -1,0 +1,39 @@
+"""FNA++ segmentation search on Cityscapes (paper Sec. 4.1.1; SPEC section 4).
+
+DeepLabv3 on the MobileNetV2 seg space, output stride 16; 20% of train held out for arch steps;
+images resized to 512x1024, random 321x321 crops, flips; batch 16; 80 epochs with arch steps from
+epoch 30.  Needs the ImageNet seed converted with ``python -m weights_convert`` and Cityscapes
+prepared as ArrayRecord (``python -m fna_jax.data.cityscapes --help``).
+
+Usage: ``python scripts/search.py --config=configs/seg_cityscapes.py --workdir=DIR``; override any
+value with ``--config.search.batch_size=8`` and the like.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0                               # RNG seed of the whole run
+  c.data = dict(
+      name='cityscapes', data_dir='', num_classes=19, resize_to=(512, 1024), crop_size=321,
+      flip=True, arch_fraction=0.2, worker_count=4, num_train=-1)
+  c.seed_net = dict(
+      arch='mobilenet_v2',
+      checkpoint='',                        # orbax dir written by `python -m weights_convert`
+      pretrain=None)                        # demo only: a short pretraining on embedded data
+  c.space = dict(name='mobilenet_v2', task='seg')
+  c.head = dict(channels=256, rates=(6, 12, 18), dropout=0.1)
+  c.search = dict(
+      method='differentiable',              # or 'random' (paper Sec. 4.8)
+      init='remap',                         # or 'random': no seed remapping (Tab. 13 row 3)
+      remap_strategy='fna',
+      epochs=80, warmup_epochs=30, batch_size=16, lam=5e-3, alpha_init_scale=1e-3,
+      w_lr=0.02, w_lr_start=1e-4, w_lr_end=1e-3, w_lr_warmup_epochs=5, w_momentum=0.9,
+      w_weight_decay=5e-4, a_lr=1e-3, a_weight_decay=4e-5, a_b1=0.9, a_b2=0.999,
+      random_candidates=20)                 # random search: architectures evaluated at the end
+  c.cost_input_size = (1024, 2048)          # MAdds of the cost table are counted at this size
+  c.log_every = 20
+  c.checkpoint_every = 500
+  c.distributed = dict(coordinator_address='', num_processes=1, process_id=0)
+  return c

@@ -1,0 +1,61 @@
+"""DeepLabv3 head (SPEC section 6): ASPP on the last searched stage's output.
+
+ASPP: a 1x1 branch, three depthwise-separable atrous 3x3 branches (dw conv with dilation r, BN,
+ReLU, 1x1 conv, BN, ReLU; rates 6, 12, 18 at output stride 16) and an image-pooling branch, 256
+channels each; concatenated -> 1x1 conv -> BN -> ReLU -> dropout 0.1 -> 1x1 classifier with bias.
+The logits are returned at feature resolution; the network upsamples them bilinearly.
+
+Parameter paths under the head: ``aspp/b0_conv``, ``aspp/b0_bn``, ``aspp/b{1,2,3}_dw_conv``,
+``..._dw_bn``, ``..._pw_conv``, ``..._pw_bn``, ``aspp/pool_conv``, ``aspp/pool_bn``,
+``aspp/project_conv``, ``aspp/project_bn``, ``classifier``.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from fna_jax.models.blocks import batch_norm
+from fna_jax.ops import Conv
+
+
+class ASPP(nn.Module):
+  """Atrous spatial pyramid pooling; ``(N, h, w, C) -> (N, h, w, channels)``."""
+  channels: int = 256
+  rates: tuple[int, ...] = (6, 12, 18)
+  impl: str | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    c = self.channels
+    relu_bn = lambda y, name: jax.nn.relu(batch_norm(train, name)(y))
+    branches = [relu_bn(Conv(c, 1, impl=self.impl, name='b0_conv')(x), 'b0_bn')]
+    for i, r in enumerate(self.rates, start=1):
+      y = Conv(x.shape[-1], 3, dilation=r, groups=x.shape[-1], impl=self.impl,
+               name=f'b{i}_dw_conv')(x)
+      y = relu_bn(y, f'b{i}_dw_bn')
+      branches.append(relu_bn(Conv(c, 1, impl=self.impl, name=f'b{i}_pw_conv')(y), f'b{i}_pw_bn'))
+    pooled = jnp.mean(x, axis=(1, 2), keepdims=True)
+    pooled = relu_bn(Conv(c, 1, impl=self.impl, name='pool_conv')(pooled), 'pool_bn')
+    branches.append(jnp.broadcast_to(pooled, x.shape[:3] + (c,)))
+    y = jnp.concatenate(branches, axis=-1)
+    return relu_bn(Conv(c, 1, impl=self.impl, name='project_conv')(y), 'project_bn')
+
+
+class DeepLabV3Head(nn.Module):
+  """ASPP -> dropout -> 1x1 classifier; ``feats['out'] (N, h, w, C) -> (N, h, w, num_classes)``.
+
+  Dropout needs a ``'dropout'`` rng when ``train=True``.
+  """
+  num_classes: int
+  channels: int = 256
+  rates: tuple[int, ...] = (6, 12, 18)
+  dropout: float = 0.1
+  impl: str | None = None
+
+  @nn.compact
+  def __call__(self, feats, train: bool = False):
+    y = ASPP(self.channels, tuple(self.rates), self.impl, name='aspp')(feats['out'], train)
+    y = nn.Dropout(self.dropout, deterministic=not train)(y)
+    return Conv(self.num_classes, 1, use_bias=True, impl=self.impl, name='classifier')(y)

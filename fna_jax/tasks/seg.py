@@ -1,0 +1,25 @@
+"""Semantic segmentation: pixel-wise cross-entropy that ignores label 255."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+IGNORE_LABEL = 255
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_label: int = IGNORE_LABEL):
+  """Mean softmax cross-entropy over the pixels whose label is not ``ignore_label``.
+
+  Args:
+    logits: ``(N, H, W, C)`` float.
+    labels: ``(N, H, W)`` int, values in ``[0, C)`` or ``ignore_label``.
+
+  Returns:
+    A scalar; 0 when every pixel is ignored.
+  """
+  valid = labels != ignore_label
+  safe = jnp.where(valid, labels, 0)
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+  return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(jnp.sum(valid), 1)

@@ -1,0 +1,1 @@
+"""Training: meshes and shardings, the search step, checkpoints and loops."""

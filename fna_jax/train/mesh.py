@@ -1,0 +1,30 @@
+"""Device mesh and shardings: the batch is split over a ``'data'`` axis, the state replicated."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA = 'data'
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D mesh over ``devices`` (default: every device of every process) named ``'data'``."""
+  devices = jax.devices() if devices is None else list(devices)
+  return Mesh(np.asarray(devices), (DATA,), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over ``'data'``; the global batch must divide by its size."""
+  return NamedSharding(mesh, P(DATA))
+
+
+def put_batch(batch, mesh: Mesh):
+  """Process-local numpy batch -> global jax arrays sharded on the batch axis."""
+  sharding = batch_sharded(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)

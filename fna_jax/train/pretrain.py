@@ -1,0 +1,84 @@
+"""A short classification pretraining on embedded data: the demo's seed network.
+
+The demo must start from a *trained* seed, as FNA++ starts from ImageNet weights, but it cannot
+download one.  Without a converted torchvision checkpoint, the demo trains the seed architecture's
+classifier on :class:`~fna_jax.data.demo.DemoClassification` for a few hundred steps and caches
+the result (an orbax seed checkpoint, :mod:`fna_jax.seeds`) keyed by every setting that affects it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fna_jax import arch as arch_lib
+from fna_jax import models, seeds
+from fna_jax.data import demo, pipeline
+from fna_jax.models.init import init_variables
+from fna_jax.train import mesh as mesh_lib
+
+
+def _cache_key(arch: arch_lib.Arch, cfg: dict) -> str:
+  blob = json.dumps({'arch': arch.to_dict(), 'cfg': cfg}, sort_keys=True)
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def pretrain_demo_seed(arch: arch_lib.Arch, cfg: dict, cache_dir: str, *, mesh=None,
+                       log=print) -> tuple[arch_lib.Arch, dict]:
+  """Trains (or loads from ``cache_dir``) the demo seed; returns ``(arch, variables)``.
+
+  ``cfg``: ``steps``, ``batch_size``, ``image_size``, ``lr``, ``num_examples``, ``seed``.
+  """
+  path = os.path.join(os.path.abspath(cache_dir), f'demo_seed_{_cache_key(arch, cfg)}')
+  if os.path.isdir(path):
+    log(f'seed: cached demo pretraining {path}')
+    return seeds.load_seed(path)
+  mesh = mesh or mesh_lib.make_mesh()
+  num_classes = demo.NUM_SHAPE_CLASSES
+  model = models.build(arch, num_classes=num_classes)
+  size = cfg['image_size']
+  variables = init_variables(model, cfg['seed'], (1, size, size, 3), train=False)
+  steps = cfg['steps']
+  tx = optax.chain(optax.add_decayed_weights(4e-5),
+                   optax.sgd(optax.warmup_cosine_decay_schedule(0.0, cfg['lr'], steps // 10,
+                                                                steps), momentum=0.9))
+  params, batch_stats = variables['params'], variables['batch_stats']
+  opt_state = tx.init(params)
+
+  def step(params, batch_stats, opt_state, batch, key):
+    def loss_fn(p):
+      logits, new = model.apply({'params': p, 'batch_stats': batch_stats}, batch['image'], True,
+                                rngs={'dropout': key}, mutable=['batch_stats'])
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
+      acc = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
+      return loss, (new['batch_stats'], acc)
+    (loss, (bs, acc)), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(g, opt_state, params)
+    return optax.apply_updates(params, updates), bs, opt_state, loss, acc
+
+  rep, data = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
+  step = jax.jit(step, in_shardings=(rep, rep, rep, data, rep), donate_argnums=(0, 1, 2))
+  source = demo.DemoClassification('train', cfg['num_examples'], size, seed=cfg['seed'])
+  it = iter(pipeline.make_cls_pipeline(source, batch_size=cfg['batch_size'], seed=cfg['seed']))
+  key = jax.random.key(cfg['seed'])
+  t0 = time.perf_counter()
+  log(f'seed: pretraining {arch.name or "the seed"} on embedded demo images for {steps} steps '
+      f'(batch {cfg["batch_size"]}, {size}x{size}); cached in {path}')
+  for i in range(1, steps + 1):
+    key, k = jax.random.split(key)
+    params, batch_stats, opt_state, loss, acc = step(
+        params, batch_stats, opt_state, mesh_lib.put_batch(next(it), mesh), k)
+    if i % max(steps // 5, 1) == 0 or i == steps:
+      log(f'seed: step {i}/{steps}  loss {float(loss):.3f}  acc {float(acc):.2f}  '
+          f'{time.perf_counter() - t0:.0f}s')
+  variables = jax.device_get({'params': params, 'batch_stats': batch_stats})
+  if jax.process_index() == 0:
+    seeds.save_seed(path, arch, variables, overwrite=True)
+  return arch, jax.tree.map(np.asarray, variables)

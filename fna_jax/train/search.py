@@ -1,0 +1,195 @@
+"""Architecture adaptation: the weight step, the arch step and the cost objective (SPEC section 4).
+
+The search state holds two separate parameter sets with two optax optimisers:
+
+* ``params``/``batch_stats``: the supernet's weights (backbone and task head), updated only by
+  :func:`weight_step` (one sampled path, task loss, SGD with momentum and weight decay);
+* ``alphas`` ``(L, K)``: architecture parameters, updated only by :func:`arch_step` (relaxed
+  forward, task loss + ``lambda * log10(expected GMAdds)``, Adam).
+
+Both steps are pure functions of ``(state, batch)``; :func:`jit_steps` compiles them once each with
+the state replicated and the batch sharded over the mesh's ``'data'`` axis (BatchNorm statistics
+are then global, i.e. SyncBN).  The sampled path and the warm-up flag are traced values, so new
+paths and the end of warm-up never recompile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fna_jax import cost as cost_lib
+from fna_jax.models import supernet as sn
+from fna_jax.spaces import SearchSpace
+from fna_jax.train import mesh as mesh_lib
+
+
+@flax.struct.dataclass
+class SearchState:
+  """Everything a search step reads and writes (a pytree; checkpointed whole)."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  alphas: jax.Array
+  opt_w: Any
+  opt_a: Any
+  rng: jax.Array
+
+
+# --------------------------------------------------------------------------- cost objective
+def cost_table(supernet_model, variables, space: SearchSpace, input_shape) -> np.ndarray:
+  """MAdds of every candidate of every searched layer at ``input_shape``; ``(L, K)`` int64.
+
+  ``supernet_model`` is the task network whose body is the supernet of ``space`` (paths
+  ``backbone/stage{i}/layer{j}/{op}/...``) or the bare supernet.  Skip and masked entries cost 0.
+  Costs are per image, counted by :mod:`fna_jax.cost` (SPEC section 7).
+  """
+  layers = cost_lib.count_layers(supernet_model, variables, (1,) + tuple(input_shape[1:]),
+                                 op_weights=jnp.asarray(sn.candidate_mask(space), jnp.float32))
+  table = np.zeros((space.num_searched, space.max_candidates), np.int64)
+  index = {}
+  for l, (i, j) in enumerate(space.searched_layers()):
+    for o, op in enumerate(space.candidates(i, j)):
+      index[f'stage{i}', f'layer{j}', op] = (l, o)
+  for rec in layers:
+    parts = rec.path_tuple
+    if parts and parts[0] == 'backbone':
+      parts = parts[1:]
+    hit = index.get(tuple(parts[:3]))
+    if hit is not None:
+      table[hit] += rec.madds
+  return table
+
+
+def expected_gmadds(weights: jax.Array, table: np.ndarray) -> jax.Array:
+  """Eq. 9: ``sum_l sum_o w[l, o] * table[l, o]`` in GMAdds (searched layers only)."""
+  return jnp.sum(weights * jnp.asarray(table, jnp.float32)) / 1e9
+
+
+def cost_loss(weights: jax.Array, table: np.ndarray, lam: float) -> jax.Array:
+  """Eq. 8's cost term: ``lambda * log10(expected GMAdds)``."""
+  return lam * jnp.log10(expected_gmadds(weights, table))
+
+
+# --------------------------------------------------------------------------- optimisers
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """Step counts of the search (SPEC section 4: warm-up epochs, then alternation)."""
+  total_steps: int
+  warmup_steps: int       # weight steps with uniformly sampled paths and no arch steps
+  lr_warmup_steps: int    # linear lr warm-up of the weight optimiser
+
+
+def weight_optimizer(schedule: Schedule, *, lr: float = 0.02, lr_start: float = 1e-4,
+                     lr_end: float = 1e-3, momentum: float = 0.9, weight_decay: float = 5e-4):
+  """SGD with momentum and (coupled, as torch's) weight decay; lr: linear warm-up then cosine."""
+  lr_fn = optax.join_schedules([
+      optax.linear_schedule(lr_start, lr, max(schedule.lr_warmup_steps, 1)),
+      optax.cosine_decay_schedule(lr, max(schedule.total_steps - schedule.lr_warmup_steps, 1),
+                                  alpha=lr_end / lr)], [schedule.lr_warmup_steps])
+  return optax.chain(optax.add_decayed_weights(weight_decay),
+                     optax.sgd(lr_fn, momentum=momentum)), lr_fn
+
+
+def arch_optimizer(*, lr: float = 1e-3, weight_decay: float = 4e-5, b1: float = 0.9,
+                   b2: float = 0.999):
+  """Adam on the alphas with (coupled, as torch's) weight decay."""
+  return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(lr, b1=b1, b2=b2))
+
+
+# --------------------------------------------------------------------------- steps
+@dataclasses.dataclass(frozen=True)
+class SearchFns:
+  """The pieces a step needs; built once by :func:`make_search_fns`."""
+  model: Any                      # task network with a Supernet body
+  space: SearchSpace
+  loss_fn: Callable               # (logits, labels) -> scalar
+  table: np.ndarray               # (L, K) MAdds
+  lam: float
+  opt_w: optax.GradientTransformation
+  opt_a: optax.GradientTransformation
+
+  @property
+  def mask(self) -> np.ndarray:
+    return sn.candidate_mask(self.space)
+
+
+def init_state(fns: SearchFns, variables, alphas, rng) -> SearchState:
+  params, batch_stats = variables['params'], variables['batch_stats']
+  return SearchState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                     alphas=alphas, opt_w=fns.opt_w.init(params), opt_a=fns.opt_a.init(alphas),
+                     rng=rng)
+
+
+def weight_step(fns: SearchFns, state: SearchState, batch, uniform):
+  """One weight update on a sampled path.
+
+  Args:
+    state: the search state.
+    batch: ``{'image': (B, H, W, 3) float32, 'label': (B, H, W) int32}``.
+    uniform: bool scalar; True samples paths uniformly (warm-up), else from ``softmax(alphas)``.
+
+  Returns:
+    ``(new_state, metrics)``; ``metrics['path']`` is the sampled ``(L,)`` path.
+  """
+  rng, k_path, k_drop = jax.random.split(state.rng, 3)
+  path = sn.sample_path(k_path, state.alphas, fns.mask, uniform)
+
+  def loss(params):
+    logits, new_vars = fns.model.apply(
+        {'params': params, 'batch_stats': state.batch_stats}, batch['image'], True, path=path,
+        rngs={'dropout': k_drop}, mutable=['batch_stats'])
+    return fns.loss_fn(logits, batch['label']), new_vars['batch_stats']
+
+  (task_loss, batch_stats), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+  updates, opt_w = fns.opt_w.update(grads, state.opt_w, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_w=opt_w,
+                      rng=rng)
+  return new, {'loss': task_loss, 'path': path}
+
+
+def arch_step(fns: SearchFns, state: SearchState, batch):
+  """One alpha update: relaxed forward (all paths), task loss + cost term, grads w.r.t. alphas.
+
+  BatchNorm runs on batch statistics and its running averages are updated, as a torch module in
+  train mode does during the authors' arch step.  Weights are never touched.
+  """
+  rng, k_drop = jax.random.split(state.rng)
+
+  def loss(alphas):
+    w = sn.op_weights(alphas, fns.mask)
+    logits, new_vars = fns.model.apply(
+        {'params': state.params, 'batch_stats': state.batch_stats}, batch['image'], True,
+        op_weights=w, rngs={'dropout': k_drop}, mutable=['batch_stats'])
+    task = fns.loss_fn(logits, batch['label'])
+    c = cost_loss(w, fns.table, fns.lam)
+    return task + c, (task, c, expected_gmadds(w, fns.table), new_vars['batch_stats'])
+
+  (total, (task, c, gmadds, batch_stats)), grads = jax.value_and_grad(loss, has_aux=True)(
+      state.alphas)
+  updates, opt_a = fns.opt_a.update(grads, state.opt_a, state.alphas)
+  alphas = optax.apply_updates(state.alphas, updates)
+  new = state.replace(alphas=alphas, batch_stats=batch_stats, opt_a=opt_a, rng=rng)
+  return new, {'arch_loss': total, 'arch_task_loss': task, 'cost_loss': c,
+               'expected_gmadds': gmadds}
+
+
+def jit_steps(fns: SearchFns, mesh):
+  """``(weight_step(state, batch, uniform), arch_step(state, batch))`` compiled for ``mesh``.
+
+  State replicated, batch sharded on ``'data'``, the state argument donated.
+  """
+  rep, data = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
+  w = jax.jit(lambda s, b, u: weight_step(fns, s, b, u), in_shardings=(rep, data, rep),
+              out_shardings=(rep, rep), donate_argnums=0)
+  a = jax.jit(lambda s, b: arch_step(fns, s, b), in_shardings=(rep, data),
+              out_shardings=(rep, rep), donate_argnums=0)
+  return w, a

@@ -1,0 +1,358 @@
+"""The architecture-adaptation run: config -> data + seed + supernet -> steps -> derived arch.
+
+``run_search(config, workdir)`` is what ``scripts/search.py`` calls.  It
+
+1. builds the weight and arch splits of the training data (the arch split is a deterministic
+   ``arch_fraction`` of train) as endless grain pipelines;
+2. gets the seed (a converted torchvision checkpoint, or for the demo a short cached pretraining)
+   and remaps it into the supernet (``search.init='remap'``), or initialises randomly;
+3. counts the per-candidate cost table at ``cost_input_size``;
+4. alternates the steps of :mod:`fna_jax.train.search`: weight steps only (uniform paths) for
+   ``warmup_epochs``, then an arch step and a weight step per iteration;
+5. checkpoints everything (state, data-iterator positions, alpha history) every
+   ``checkpoint_every`` steps and on SIGTERM/SIGINT, and resumes from the latest checkpoint;
+6. derives the architecture (argmax per layer, skips last) and writes, in ``workdir``:
+   ``arch.json``, ``arch.txt`` (release notation), ``alphas.npz`` (history of softmax(alpha)),
+   ``alphas.png`` (its plot, when matplotlib is installed) and ``summary.json`` (choices, Params and
+   MAdds of the derived task network at ``cost_input_size``, wall time).
+
+With ``search.method='random'`` (paper Sec. 4.8) the same budget trains the supernet with uniform
+paths only, then ``random_candidates`` uniformly drawn architectures are scored on arch-split
+batches (task loss + cost term, single path) and the best is derived.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fna_jax import arch as arch_lib
+from fna_jax import cost as cost_lib
+from fna_jax import seeds, spaces
+from fna_jax.data import pipeline
+from fna_jax.models import Backbone
+from fna_jax.models import supernet as sn
+from fna_jax.models.heads import DeepLabV3Head
+from fna_jax.models.init import random_like, variable_shapes
+from fna_jax.models.segmentation import SegmentationNet
+from fna_jax.remap import seed_to_supernet
+from fna_jax.tasks import seg
+from fna_jax.train import loop
+from fna_jax.train import mesh as mesh_lib
+from fna_jax.train import pretrain, search
+from fna_jax.train.checkpoint import RunCheckpoints
+
+
+# --------------------------------------------------------------------------- building blocks
+def make_sources(data_cfg) -> tuple[Any, Any]:
+  """``(train_source, val_source)`` of ``{'image', 'label'}`` examples for ``data.name``."""
+  if data_cfg.name == 'demo':
+    from fna_jax.data import demo
+    size = data_cfg.image_size
+    return (demo.DemoSegmentation('train', data_cfg.num_train, size, seed=data_cfg.data_seed),
+            demo.DemoSegmentation('val', data_cfg.num_val, size, seed=data_cfg.data_seed))
+  if data_cfg.name == 'cityscapes':
+    from fna_jax.data import cityscapes
+    return (cityscapes.CityscapesSource('train', data_cfg.data_dir or None),
+            cityscapes.CityscapesSource('validation', data_cfg.data_dir or None))
+  raise ValueError(f"unknown data.name {data_cfg.name!r}; expected 'demo' or 'cityscapes'")
+
+
+def make_space(space_cfg) -> spaces.SearchSpace:
+  if space_cfg.name != 'mobilenet_v2':
+    raise ValueError(f"unknown space.name {space_cfg.name!r}; expected 'mobilenet_v2'")
+  kw = {'ops': tuple(space_cfg.ops)} if space_cfg.get('ops') else {}
+  space = spaces.mobilenet_v2_space(space_cfg.task, **kw)
+  if space_cfg.get('max_layers'):
+    space = spaces.limit_depth(space, tuple(space_cfg.max_layers))
+  return space
+
+
+def make_model(space: spaces.SearchSpace, config) -> SegmentationNet:
+  h = config.head
+  return SegmentationNet(sn.Supernet(space),
+                         DeepLabV3Head(config.data.num_classes, h.channels, tuple(h.rates),
+                                       h.dropout))
+
+
+def get_seed(config, mesh, log) -> tuple[arch_lib.Arch, dict]:
+  """The seed network: a converted checkpoint, else (demo) a cached short pretraining."""
+  s = config.seed_net
+  if s.checkpoint:
+    arch, variables = seeds.load_seed(s.checkpoint)
+    log(f'seed: {arch.name or "network"} from {s.checkpoint}')
+    return arch, variables
+  if not s.get('pretrain'):
+    raise FileNotFoundError(
+        'seed_net.checkpoint is empty: convert the ImageNet seed first, e.g. '
+        '`python -m weights_convert --arch mobilenet_v2 --src mobilenet_v2-b0353104.pth '
+        '--dst seeds/mobilenet_v2` (the .pth from torchvision), then pass '
+        '--config.seed_net.checkpoint=seeds/mobilenet_v2')
+  return pretrain.pretrain_demo_seed(arch_lib.seed(s.arch), dict(s.pretrain), s.cache_dir,
+                                     mesh=mesh, log=log)
+
+
+def init_supernet_variables(model, space, config, seed_arch, seed_vars, log) -> dict:
+  """Supernet + head variables: backbone remapped from the seed (or random), head random."""
+  size = config.data.crop_size
+  shapes = variable_shapes(model, (1, size, size, 3), train=False)
+  variables = random_like(shapes, config.seed)
+  if config.search.init == 'remap':
+    backbone = seed_to_supernet({c: v['backbone'] for c, v in seed_vars.items()}, seed_arch,
+                                space, config.search.remap_strategy)
+    for c in variables:
+      variables[c]['backbone'] = jax.tree.map(np.asarray, backbone[c])
+    log(f'supernet: {space.num_searched} searched layers remapped from the seed '
+        f'({config.search.remap_strategy})')
+  elif config.search.init != 'random':
+    raise ValueError(f"search.init must be 'remap' or 'random', got {config.search.init!r}")
+  else:
+    log('supernet: random initialisation (no remapping)')
+  chex_shapes = jax.tree.map(lambda a: a.shape, shapes)
+  got = jax.tree.map(lambda a: a.shape, variables)
+  if chex_shapes != got:
+    raise AssertionError('internal: remapped supernet variables do not match the supernet')
+  return variables
+
+
+def derived_cost(space, choices, config) -> cost_lib.Cost:
+  """Params and MAdds of the derived task network at ``cost_input_size`` (one image)."""
+  arch = space.derive(choices)
+  h = config.head
+  net = SegmentationNet(Backbone(arch), DeepLabV3Head(config.data.num_classes, h.channels,
+                                                      tuple(h.rates), h.dropout))
+  return cost_lib.count(net, None, (1, *config.cost_input_size, 3))
+
+
+def arch_string(space: spaces.SearchSpace, choices) -> str:
+  """Compact current architecture: op per searched layer, stages separated by ``|``."""
+  out, k = [], 0
+  for i, st in enumerate(space.stages):
+    ops = []
+    for cands in st.candidates:
+      if len(cands) > 1:
+        ops.append(cands[int(choices[k])])
+        k += 1
+    if ops:
+      out.append(' '.join(o.replace('_', '') for o in ops))
+  return ' | '.join(out)
+
+
+# --------------------------------------------------------------------------- outputs
+def save_outputs(workdir, space, choices, alpha_history, cost, wall, config) -> arch_lib.Arch:
+  arch = space.derive(choices)
+  with open(os.path.join(workdir, 'arch.json'), 'w') as f:
+    f.write(arch.to_json())
+  with open(os.path.join(workdir, 'arch.txt'), 'w') as f:
+    f.write(arch.to_release_string() + '\n')
+  steps = np.asarray([h[0] for h in alpha_history], np.int64)
+  probs = np.asarray([h[1] for h in alpha_history], np.float32)
+  np.savez(os.path.join(workdir, 'alphas.npz'), steps=steps, probs=probs,
+           mask=sn.candidate_mask(space),
+           layers=np.asarray([space.layer_name(i, j) for i, j in space.searched_layers()]))
+  plot_alphas(os.path.join(workdir, 'alphas.png'), space, steps, probs)
+  summary = {'choices': [space.candidates(i, j)[int(c)] if not isinstance(c, str) else c
+                         for (i, j), c in zip(space.searched_layers(), choices)],
+             'params': int(cost.params), 'madds': int(cost.madds),
+             'cost_input_size': list(config.cost_input_size), 'method': config.search.method,
+             'wall_time_s': round(wall, 1)}
+  with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+    json.dump(summary, f, indent=2)
+  return arch
+
+
+def plot_alphas(path, space, steps, probs) -> bool:
+  """softmax(alpha) of every searched layer over the search, one small panel per layer."""
+  try:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+  except ImportError:
+    return False
+  layers = space.searched_layers()
+  cols = 5
+  rows = -(-len(layers) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.2 * rows), squeeze=False,
+                           sharex=True, sharey=True)
+  for l, (i, j) in enumerate(layers):
+    ax = axes[l // cols][l % cols]
+    for o, op in enumerate(space.candidates(i, j)):
+      ax.plot(steps, probs[:, l, o], label=op)
+    ax.set_title(space.layer_name(i, j), fontsize=8)
+  for l in range(len(layers), rows * cols):
+    axes[l // cols][l % cols].axis('off')
+  handles, labels = max((ax.get_legend_handles_labels() for ax in axes.flat),
+                        key=lambda hl: len(hl[1]))
+  fig.legend(handles, labels, loc='lower right', fontsize=8)
+  fig.supxlabel('weight step')
+  fig.supylabel('softmax(alpha)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+  return True
+
+
+# --------------------------------------------------------------------------- the run
+@dataclasses.dataclass
+class SearchResult:
+  arch: arch_lib.Arch
+  choices: list
+  cost: cost_lib.Cost
+  workdir: str
+
+
+def run_search(config, workdir: str, *, log=print, stop_after: int | None = None) -> SearchResult:
+  """Runs (or resumes) the search of ``config`` in ``workdir``; see the module docstring.
+
+  ``stop_after``: stop (with a checkpoint) after this many weight steps of *this* invocation, as
+  a kill would; used by tests of resumption.
+  """
+  t_start = time.perf_counter()
+  os.makedirs(workdir, exist_ok=True)
+  loop.setup_runtime(config.get('distributed'), config.get('xla_cache_dir') or None)
+  mesh = mesh_lib.make_mesh()
+  n_dev = mesh.size
+  sc = config.search
+  if sc.batch_size % n_dev:
+    raise ValueError(f'search.batch_size={sc.batch_size} must be a multiple of the '
+                     f'{n_dev} devices')
+  if sc.method not in ('differentiable', 'random'):
+    raise ValueError(f"search.method must be 'differentiable' or 'random', got {sc.method!r}")
+  local_batch = sc.batch_size // jax.process_count()
+
+  # Data: weight and arch splits of train.
+  train_src, _ = make_sources(config.data)
+  n_train = len(train_src) if config.data.get('num_train', -1) in (-1, None) else min(
+      len(train_src), config.data.num_train)
+  w_idx, a_idx = pipeline.split_train_arch(n_train, config.data.arch_fraction, config.seed)
+  resize = tuple(config.data.resize_to) if config.data.get('resize_to') else None
+  mk = lambda idx, seed: pipeline.make_seg_pipeline(
+      train_src, indices=idx, batch_size=local_batch, crop_size=config.data.crop_size,
+      resize_to=resize, flip=config.data.flip, seed=seed, worker_count=config.data.worker_count)
+  w_data, a_data = iter(mk(w_idx, config.seed)), iter(mk(a_idx, config.seed + 1))
+  steps_per_epoch = max(len(w_idx) // sc.batch_size, 1)
+  total = sc.epochs * steps_per_epoch
+  warmup = (sc.epochs if sc.method == 'random' else sc.warmup_epochs) * steps_per_epoch
+  log(f'data: {len(w_idx)} weight / {len(a_idx)} arch examples, {steps_per_epoch} steps/epoch, '
+      f'{total} weight steps ({warmup} warm-up), batch {sc.batch_size} on {n_dev} device(s)')
+
+  # Model, seed, supernet variables, cost table.
+  space = make_space(config.space)
+  model = make_model(space, config)
+  ckpts = RunCheckpoints(workdir)
+  resuming = ckpts.latest_step() is not None
+  if resuming or sc.init == 'random':
+    seed_arch, seed_vars = None, None
+  else:
+    seed_arch, seed_vars = get_seed(config, mesh, log)
+  if resuming:
+    shapes = variable_shapes(model, (1, config.data.crop_size, config.data.crop_size, 3),
+                             train=False)
+    variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+  else:
+    variables = init_supernet_variables(model, space, config, seed_arch, seed_vars, log)
+  table = search.cost_table(model, variables, space, (1, *config.cost_input_size, 3))
+  sched = search.Schedule(total, warmup, sc.w_lr_warmup_epochs * steps_per_epoch)
+  opt_w, lr_fn = search.weight_optimizer(sched, lr=sc.w_lr, lr_start=sc.w_lr_start,
+                                         lr_end=sc.w_lr_end, momentum=sc.w_momentum,
+                                         weight_decay=sc.w_weight_decay)
+  opt_a = search.arch_optimizer(lr=sc.a_lr, weight_decay=sc.a_weight_decay, b1=sc.a_b1,
+                                b2=sc.a_b2)
+  fns = search.SearchFns(model, space, seg.cross_entropy, table, sc.lam, opt_w, opt_a)
+  w_step, a_step = search.jit_steps(fns, mesh)
+  rep = mesh_lib.replicated(mesh)
+  key = jax.random.key(config.seed)
+  k_alpha, k_state = jax.random.split(key)
+  state = search.init_state(fns, variables,
+                            sn.init_alphas(k_alpha, space, sc.alpha_init_scale), k_state)
+  state = jax.device_put(state, rep)
+  history: list = []
+  start = 0
+  if resuming:
+    start, state, meta = ckpts.restore_latest(state)
+    w_data.set_state(meta['w_data'])
+    a_data.set_state(meta['a_data'])
+    history = [(h[0], np.asarray(h[1])) for h in meta['history']]
+    log(f'resumed from {ckpts.directory} at step {start}')
+
+  mask = sn.candidate_mask(space)
+  probs = lambda s: np.asarray(sn.op_weights(s.alphas, mask))
+
+  def checkpoint(step, wait=False):
+    meta = {'w_data': w_data.get_state(), 'a_data': a_data.get_state(),
+            'history': [(h, p.tolist()) for h, p in history]}
+    ckpts.save(step, state, meta, wait=wait)
+
+  progress = loop.Progress(total, config.log_every, sc.batch_size, prefix='search ')
+  metrics: dict = {}
+  with loop.Preemption() as preempt:
+    for step in range(start + 1, total + 1):
+      uniform = step <= warmup
+      if not uniform:
+        state, am = a_step(state, mesh_lib.put_batch(next(a_data), mesh))
+        metrics.update(am)
+      state, wm = w_step(state, mesh_lib.put_batch(next(w_data), mesh), jnp.asarray(uniform))
+      metrics.update(loss=wm['loss'])
+      progress.tick()
+      host = {k: float(v) for k, v in metrics.items()}
+      loop.check_finite(step, host, ckpts.directory)
+      if progress.due(step):
+        history.append((step, probs(state)))
+        fields = {'epoch': f'{(step - 1) // steps_per_epoch + 1}/{sc.epochs}',
+                  'loss': host['loss'], 'lr': float(lr_fn(step - 1))}
+        if not uniform:
+          fields.update(arch_loss=host['arch_loss'], exp_madds=f'{host["expected_gmadds"]:.3f}G')
+        fields['arch'] = arch_string(space, sn.argmax_path(state.alphas, mask))
+        progress.log(step, fields)
+      stopping = preempt.requested or (stop_after is not None and step - start >= stop_after)
+      if step % config.checkpoint_every == 0 or step == total or stopping:
+        checkpoint(step, wait=stopping)
+      if stopping:
+        ckpts.close()
+        log(f'stopped at step {step}; rerun the same command to resume')
+        return None
+
+  if sc.method == 'random':
+    choices = random_search(fns, state, a_data, mesh, sc.random_candidates, config.seed, log)
+  else:
+    choices = [int(c) for c in sn.argmax_path(state.alphas, mask)]
+  ckpts.close()
+  cost = derived_cost(space, choices, config)
+  arch = save_outputs(workdir, space, choices, history or [(0, probs(state))], cost,
+                      time.perf_counter() - t_start, config)
+  log('derived architecture (release notation):\n' + arch.to_release_string())
+  log(f'derived network at {config.cost_input_size}: {cost_lib.format_count(*cost)}; '
+      f'outputs in {workdir}')
+  return SearchResult(arch, choices, cost, workdir)
+
+
+def random_search(fns: search.SearchFns, state, a_data, mesh, n: int, seed: int, log,
+                  batches: int = 2) -> list[int]:
+  """Scores ``n`` uniformly drawn paths (task loss + cost term on arch batches); the best."""
+  mask = fns.mask
+  rep, data = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
+
+  def score(state, batch, path):
+    logits = fns.model.apply({'params': state.params, 'batch_stats': state.batch_stats},
+                             batch['image'], False, path=path)
+    onehot = jax.nn.one_hot(path, mask.shape[1])
+    return fns.loss_fn(logits, batch['label']) + search.cost_loss(onehot, fns.table, fns.lam)
+
+  score = jax.jit(score, in_shardings=(rep, data, rep))
+  evals = [mesh_lib.put_batch(next(a_data), mesh) for _ in range(batches)]
+  keys = jax.random.split(jax.random.key(seed + 7), n)
+  best, best_path = np.inf, None
+  for i in range(n):
+    path = sn.sample_path(keys[i], state.alphas, mask, True)
+    s = float(np.mean([float(score(state, b, path)) for b in evals]))
+    if s < best:
+      best, best_path = s, [int(p) for p in np.asarray(path)]
+  log(f'random search: best score {best:.4f} of {n} architectures')
+  return best_path
