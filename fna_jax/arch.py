@@ -85,7 +85,8 @@ def parse_op(name: str) -> Op:
       f"(ResNet) or 'skip'")
 
 
-def _op_kind_for(family: str) -> str:
+def op_kind(family: str) -> str:
+  """The kind of op a family's layers take: ``'mbconv'`` or ``'resnet'``."""
   return MBCONV if family == MBCONV else 'resnet'
 
 
@@ -163,7 +164,7 @@ class Arch:
       raise ArchError(f'unknown family {self.family!r}; expected one of {FAMILIES}')
     if not self.stages:
       raise ArchError('an architecture needs at least one stage')
-    kind = _op_kind_for(self.family)
+    kind = op_kind(self.family)
     prev_out = self.stem.channels
     for i, st in enumerate(self.stages):
       where = f'stage {i}'
