@@ -1,0 +1,103 @@
+"""The search run end to end on the embedded demo data: outputs, resume after a kill, NaN stop."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import demo as demo_config
+from fna_jax import arch as arch_lib
+from fna_jax import models, seeds
+from fna_jax.models.init import init_variables
+from fna_jax.train import loop
+from fna_jax.train.checkpoint import RunCheckpoints
+from fna_jax.train.search_loop import run_search
+
+
+def tiny_config(tmp_path_factory, **search):
+  c = demo_config.get_config()
+  c.data.num_train = 80
+  c.data.image_size = c.data.crop_size = 32
+  c.space.max_layers = (1, 1, 2, 1, 1, 1, 1)
+  c.space.ops = ('k3_e3', 'k5_e3')
+  c.head.channels = 16
+  c.search.update(epochs=3, warmup_epochs=1, batch_size=8, init='random')
+  c.search.update(search)
+  c.cost_input_size = (32, 32)
+  c.log_every = 2
+  c.checkpoint_every = 3
+  c.xla_cache_dir = str(tmp_path_factory.getbasetemp() / 'xla_cache')
+  return c
+
+
+@pytest.fixture(scope='module')
+def full_run(tmp_path_factory):
+  c = tiny_config(tmp_path_factory)
+  workdir = str(tmp_path_factory.mktemp('full'))
+  return c, workdir, run_search(c, workdir, log=lambda s: None)
+
+
+def test_outputs(full_run):
+  c, workdir, result = full_run
+  for name in ('arch.json', 'arch.txt', 'alphas.npz', 'summary.json'):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  arch = arch_lib.load(os.path.join(workdir, 'arch.json'))
+  assert arch == result.arch
+  with open(os.path.join(workdir, 'arch.txt')) as f:
+    assert arch_lib.Arch.from_release_string(f.read()).stages[2].ops == arch.stages[2].ops
+  summary = json.load(open(os.path.join(workdir, 'summary.json')))
+  assert summary['madds'] == result.cost.madds > 0 and summary['params'] > 0
+  hist = np.load(os.path.join(workdir, 'alphas.npz'))
+  # 8 weight-split examples per step -> 64 weight examples / 8 = 8 steps per epoch, 24 steps.
+  assert list(hist['steps']) == list(range(2, 25, 2))
+  np.testing.assert_allclose(hist['probs'].sum(-1), 1.0, rtol=1e-5)
+  # alphas only move after warm-up (8 steps)
+  assert np.allclose(hist['probs'][0], hist['probs'][3]) and not np.allclose(
+      hist['probs'][3], hist['probs'][-1])
+
+
+def test_resume_after_kill_gives_the_same_architecture(full_run, tmp_path_factory):
+  c, _, result = full_run
+  workdir = str(tmp_path_factory.mktemp('killed'))
+  assert run_search(c, workdir, log=lambda s: None, stop_after=10) is None  # killed at step 10
+  assert RunCheckpoints(workdir).latest_step() == 10
+  resumed = run_search(c, workdir, log=lambda s: None)
+  assert resumed.choices == result.choices
+  a = np.load(os.path.join(workdir, 'alphas.npz'))['probs']
+  b = np.load(os.path.join(result.workdir, 'alphas.npz'))['probs']
+  np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_remap_from_seed_checkpoint(tmp_path_factory):
+  c = tiny_config(tmp_path_factory, init='remap', epochs=1)
+  seed_dir = str(tmp_path_factory.mktemp('seed') / 'mbv2')
+  arch = arch_lib.mobilenet_v2()
+  seeds.save_seed(seed_dir, arch, init_variables(models.build(arch), 0, (1, 32, 32, 3)))
+  c.seed_net.checkpoint = seed_dir
+  lines = []
+  result = run_search(c, str(tmp_path_factory.mktemp('remap')), log=lines.append)
+  assert any('remapped from the seed' in l for l in lines)
+  assert result.arch.family == 'mbconv'
+
+
+def test_nan_loss_stops_with_last_good_checkpoint(tmp_path_factory):
+  c = tiny_config(tmp_path_factory, w_lr=1e12, w_lr_start=1e12, w_lr_end=1e11)
+  workdir = str(tmp_path_factory.mktemp('nan'))
+  with pytest.raises(loop.NonFiniteLossError, match=r'step \d+: loss is nan'):
+    run_search(c, workdir, log=lambda s: None)
+  ckpts = RunCheckpoints(workdir)
+  step = ckpts.latest_step()
+  if step is not None:  # whatever was saved is finite
+    restored = ckpts.manager.restore(step)
+    leaves = jax.tree.leaves(restored['state'])
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in leaves if hasattr(x, 'dtype') and
+               np.issubdtype(np.asarray(x).dtype, np.floating))
+
+
+def test_missing_seed_checkpoint_says_how_to_convert(tmp_path_factory):
+  c = tiny_config(tmp_path_factory, init='remap')
+  c.seed_net.pretrain = None
+  with pytest.raises(FileNotFoundError, match='python -m weights_convert'):
+    run_search(c, str(tmp_path_factory.mktemp('noseed')), log=lambda s: None)
