@@ -70,6 +70,7 @@ def test_resume_after_kill_gives_the_same_architecture(full_run, tmp_path_factor
   np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_remap_from_seed_checkpoint(tmp_path_factory):
   c = tiny_config(tmp_path_factory, init='remap', epochs=1)
   seed_dir = str(tmp_path_factory.mktemp('seed') / 'mbv2')
@@ -82,6 +83,7 @@ def test_remap_from_seed_checkpoint(tmp_path_factory):
   assert result.arch.family == 'mbconv'
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_last_good_checkpoint(tmp_path_factory):
   c = tiny_config(tmp_path_factory, w_lr=1e12, w_lr_start=1e12, w_lr_end=1e11)
   workdir = str(tmp_path_factory.mktemp('nan'))
