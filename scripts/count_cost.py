@@ -58,11 +58,17 @@ def task_arch(arch, space):
 
 
 def build_task_net(arch, config):
-  """The segmentation network (backbone of ``arch`` + DeepLabv3 head) that the search counts.
+  """The segmentation network (backbone of ``arch`` + the config's head) that the search counts.
 
-  Built as :func:`fna_jax.train.search_loop.derived_cost` builds a derived network.
+  Built as :func:`fna_jax.train.search_loop.derived_cost` builds a derived network: by
+  ``fna_jax.tasks.seg.make_network`` where the package has it, else ``SegmentationNet`` with a
+  ``DeepLabV3Head`` of ``config.head``'s channels, rates and dropout.
   """
   from fna_jax.models import Backbone
+  from fna_jax.tasks import seg
+  make_network = getattr(seg, 'make_network', None)
+  if make_network is not None:
+    return make_network(Backbone(arch), config)
   from fna_jax.models.heads import DeepLabV3Head
   from fna_jax.models.segmentation import SegmentationNet
   h = config.head
