@@ -5,12 +5,19 @@ its kernel).  This module alone decides how a convolution is computed:
 
 * ``'xla'``: ``lax.conv_general_dilated`` with explicit symmetric padding.  Used on GPU/TPU.
 * ``'cpu'``: algebraically identical rewrites that XLA:CPU runs much faster (measured on 2 cores,
-  see ``scripts/benchmark.py``):
+  see ``scripts/benchmark.py``), each with a hand-written backward pass:
 
-  - depthwise conv -> sum over the k*k kernel taps of strided slices of the padded input, each
-    multiplied by that tap's per-channel weights;
+  - depthwise conv -> sum over the k*k kernel taps of strided windows of the padded input, each
+    multiplied by that tap's per-channel weights (:func:`_depthwise_taps`); its gradients are again
+    sums of windows, keeping only the padded input alive (autodiff of the taps would keep all k*k
+    windows, and ``lax.conv``'s depthwise kernel gradient is ~30x slower);
   - 1x1 conv (any stride, groups 1) -> a strided slice then one matmul;
-  - everything else -> ``lax.conv_general_dilated``.
+  - every other conv (the stem, ResNet convs, grouped convs) -> ``lax.conv`` forward (im2col
+    matmuls for groups > 1) and an im2col backward pass (:func:`_conv_im2col`): XLA:CPU's
+    convolution gradients are 2x (groups 1) to 10x+ (grouped) slower than the matmuls.
+
+  The custom backward passes support reverse-mode autodiff (``jax.grad``, ``jax.vjp``, also of
+  higher order) but not forward mode (``jax.jvp``, ``jax.jacfwd``): use ``impl='xla'`` there.
 
 ``impl=None`` (the default everywhere) means :func:`default_impl`: the ``FNA_JAX_CONV_IMPL``
 environment variable if set, else ``'cpu'`` on the CPU backend and ``'xla'`` elsewhere.
@@ -22,6 +29,7 @@ as in torchvision (never 'SAME', which pads asymmetrically for stride 2).
 
 from __future__ import annotations
 
+import functools
 import os
 
 import flax.linen as nn
@@ -60,23 +68,135 @@ def _conv_xla(x, kernel, stride, dilation, padding, groups):
       feature_group_count=groups)
 
 
-def _depthwise_taps(x, kernel, stride, dilation, padding):
-  """Depthwise conv as sum_{a,b} slice(x_pad, a*d, b*d, stride) * kernel[a, b, 0, :]."""
-  n, h, w, c = x.shape
+def _window(x, start, count, step):
+  """``x[:, start[0] + step[0]*i, start[1] + step[1]*j, :]`` for ``i < count[0]``, ``j < count[1]``.
+
+  Slices the two spatial axes of NHWC ``x`` only: never the batch axis, which is the one sharded
+  under data parallelism.
+  """
+  n, _, _, c = x.shape
+  return lax.slice(x, (0, start[0], start[1], 0),
+                   (n, start[0] + (count[0] - 1) * step[0] + 1,
+                    start[1] + (count[1] - 1) * step[1] + 1, c),
+                   (1, step[0], step[1], 1))
+
+
+def _strided_window(x, row, col, h_out, w_out, stride):
+  """``x[:, row + stride*i, col + stride*j, :]`` for ``i < h_out``, ``j < w_out``."""
+  return _window(x, (row, col), (h_out, w_out), (stride, stride))
+
+
+def _taps(xp, kernel, h_out, w_out, stride, dilation):
+  """Depthwise correlation of an already padded ``xp`` (N, H+2p, W+2p, C) with ``kernel``.
+
+  ``sum_{a,b} window(xp, a*d, b*d) * kernel[a, b, 0, :]``, accumulated in row-major tap order; XLA
+  fuses the whole sum into one loop over the output.
+  """
   kh, kw = kernel.shape[:2]
-  ho = out_size(h, kh, stride, dilation, padding)
-  wo = out_size(w, kw, stride, dilation, padding)
-  if padding:
-    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
   out = None
   for a in range(kh):
     for b in range(kw):
-      r0, c0 = a * dilation, b * dilation
-      patch = lax.slice(x, (0, r0, c0, 0), (n, r0 + (ho - 1) * stride + 1,
-                                           c0 + (wo - 1) * stride + 1, c), (1, stride, stride, 1))
-      term = patch * kernel[a, b, 0]
+      term = _strided_window(xp, a * dilation, b * dilation, h_out, w_out, stride) * kernel[a, b, 0]
       out = term if out is None else out + term
   return out
+
+
+def _pad_hw(x, padding):
+  if not padding:
+    return x
+  return jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+
+
+# Unrolled terms per fused loop in the depthwise kernel gradient (bounds compile time).
+_MAX_UNROLLED_TERMS = 16
+
+
+def _largest_divisor_at_most(n: int, limit: int) -> int:
+  return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _depthwise_taps(x, kernel, stride, dilation, padding):
+  """Depthwise conv (NHWC x (k, k, 1, C)) as a sum of k*k strided windows times kernel taps.
+
+  Differentiable in reverse mode only (``jax.grad``/``jax.vjp``; the backward pass is hand-written,
+  see :func:`_depthwise_taps_bwd`); forward-mode (``jax.jvp``) needs ``impl='xla'``.
+  """
+  return _depthwise_taps_fwd(x, kernel, stride, dilation, padding)[0]
+
+
+def _depthwise_taps_fwd(x, kernel, stride, dilation, padding):
+  _, h, w, _ = x.shape
+  kh, kw = kernel.shape[:2]
+  xp = _pad_hw(x, padding)
+  y = _taps(xp, kernel, out_size(h, kh, stride, dilation, padding),
+            out_size(w, kw, stride, dilation, padding), stride, dilation)
+  # The padded input is the only activation kept: the kernel gradient reads its windows again.
+  return y, (xp, kernel)
+
+
+def _depthwise_taps_bwd(stride, dilation, padding, residuals, g):
+  """Input and kernel gradients of :func:`_depthwise_taps`, both again as sums of windows.
+
+  Why hand-written: autodiff of the forward keeps all k*k windows of the input alive for the
+  kernel gradient (k*k times the activation memory, each window written out by its own pass), and
+  fuses whatever produced ``g`` into each of the k*k terms of the input gradient.
+
+  * input gradient: the transposed conv, ``dx[u] = sum_a g~[u + a*d] * kernel[k-1-a]`` where ``g~``
+    is ``g`` with ``stride - 1`` zeros between its pixels and ``d*(k-1) - p`` zeros before; one
+    fused loop over ``dx``.
+  * kernel gradient: ``dk[a, b, c] = sum_{n,i,j} g[n,i,j,c] * window_ab(xp)[n,i,j,c]``; the sum
+    over output rows (or columns, whichever has the larger divisor <= 16) is unrolled, q terms
+    inside one fused loop per tap whose output is q times smaller than the windows, then one
+    plain ``jnp.sum`` over the batch and the rest.  (A plain ``jnp.sum`` of the products becomes
+    an XLA:CPU library reduction that cannot read strided windows: each window would be written
+    out first, 2x slower.)  The unrolled sum must not run over the batch axis: under data
+    parallelism that axis is sharded, and XLA's SPMD partitioner mis-compiles a sum of strided
+    batch slices that hold one image each (one image counted twice, another dropped; seen with
+    jax/jaxlib 0.10.2).  The final ``jnp.sum`` over the batch becomes per-device sums and an
+    all-reduce.
+  """
+  xp, kernel = residuals
+  _, h_out, w_out, c = g.shape
+  kh, kw = kernel.shape[:2]
+  h, w = xp.shape[1] - 2 * padding, xp.shape[2] - 2 * padding
+  # Materialise g once: otherwise XLA recomputes g's producer (BN backward, ReLU6 mask) inside
+  # every one of the k*k + k*k*q terms below that read it.
+  g = lax.optimization_barrier(g)
+
+  lo_h, lo_w = dilation * (kh - 1) - padding, dilation * (kw - 1) - padding
+  hi_h = h + dilation * (kh - 1) - lo_h - ((h_out - 1) * stride + 1)
+  hi_w = w + dilation * (kw - 1) - lo_w - ((w_out - 1) * stride + 1)
+  zero = jnp.zeros((), g.dtype)
+  g_dilated = lax.pad(g, zero, ((0, 0, 0), (lo_h, hi_h, stride - 1), (lo_w, hi_w, stride - 1),
+                                (0, 0, 0)))
+  dx = _taps(g_dilated, kernel[::-1, ::-1], h, w, 1, dilation)
+
+  # Output rows (axis 0) or columns (axis 1) i, i + q, i + 2q, ... are summed as q unrolled terms
+  # of one fused loop per tap; the batch axis is left whole (see the docstring).
+  q_rows = _largest_divisor_at_most(h_out, _MAX_UNROLLED_TERMS)
+  q_cols = _largest_divisor_at_most(w_out, _MAX_UNROLLED_TERMS)
+  axis, q = (0, q_rows) if q_rows >= q_cols else (1, q_cols)
+  count = [h_out, w_out]
+  count[axis] //= q
+  g_step, x_step = [1, 1], [stride, stride]
+  g_step[axis], x_step[axis] = q, stride * q
+  partial_sums = []
+  for a in range(kh):
+    for b in range(kw):
+      acc = None
+      for i in range(q):
+        g_start, x_start = [0, 0], [a * dilation, b * dilation]
+        g_start[axis] += i
+        x_start[axis] += stride * i
+        term = _window(g, g_start, count, g_step) * _window(xp, x_start, count, x_step)
+        acc = term if acc is None else acc + term
+      partial_sums.append(acc)  # (N, H_out/q, W_out, C) or (N, H_out, W_out/q, C)
+  dk = jnp.sum(jnp.stack(partial_sums), axis=(1, 2, 3)).reshape(kh, kw, 1, c)
+  return dx.astype(xp.dtype), dk.astype(kernel.dtype)
+
+
+_depthwise_taps.defvjp(_depthwise_taps_fwd, _depthwise_taps_bwd)
 
 
 def _pointwise_matmul(x, kernel, stride):
@@ -86,6 +206,73 @@ def _pointwise_matmul(x, kernel, stride):
   n, h, w, c = x.shape
   y = jnp.dot(x.reshape(n * h * w, c), kernel.reshape(c, -1))
   return y.reshape(n, h, w, -1)
+
+
+def _im2col(x, kh, kw, stride, dilation, padding):
+  """The ``kh*kw`` windows of the padded ``x``, stacked: ``(N, H_out, W_out, kh*kw, C)``."""
+  _, h, w, _ = x.shape
+  h_out = out_size(h, kh, stride, dilation, padding)
+  w_out = out_size(w, kw, stride, dilation, padding)
+  xp = _pad_hw(x, padding)
+  return jnp.stack([_strided_window(xp, a * dilation, b * dilation, h_out, w_out, stride)
+                    for a in range(kh) for b in range(kw)], axis=3)
+
+
+def _cols_matmul(cols, kernel, groups):
+  """``(N, H, W, T, C_in)`` windows times a ``(k, k, C_in/groups, C_out)`` kernel -> NHWC.
+
+  One matmul ``(N*H*W, T*C_in) x (T*C_in, C_out)`` for ``groups == 1``, else one matmul per group
+  (a batched ``dot_general`` over the groups).
+  """
+  n, h, w, taps, c_in = cols.shape
+  _, _, c_group, c_out = kernel.shape
+  if groups == 1:
+    y = jnp.dot(cols.reshape(n * h * w, taps * c_in), kernel.reshape(taps * c_in, c_out))
+    return y.reshape(n, h, w, c_out)
+  o_group = c_out // groups
+  y = lax.dot_general(cols.reshape(n * h * w, taps, groups, c_group),
+                      kernel.reshape(taps, c_group, groups, o_group),
+                      (((1, 3), (0, 1)), ((2,), (2,))))  # (groups, N*H*W, o_group)
+  return jnp.moveaxis(y, 0, 1).reshape(n, h, w, c_out)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv_im2col(x, kernel, stride, dilation, padding, groups):
+  """A (grouped) kxk conv whose gradients are computed by im2col and matmuls.
+
+  Forward: ``lax.conv`` for ``groups == 1`` (XLA:CPU runs it well), else im2col and one matmul
+  per group.  Backward (where XLA:CPU's convolutions are slow, grouped ones by 10x or more): the
+  windows are rebuilt from the input (the only activation kept), ``dk = cols^T g`` and
+  ``dx = col2im(g W^T)``; see :func:`_conv_im2col_bwd`.  Reverse-mode only, like
+  :func:`_depthwise_taps`.
+  """
+  return _conv_im2col_fwd(x, kernel, stride, dilation, padding, groups)[0]
+
+
+def _conv_im2col_fwd(x, kernel, stride, dilation, padding, groups):
+  if groups == 1:
+    y = _conv_xla(x, kernel, stride, dilation, padding, groups)
+  else:
+    kh, kw = kernel.shape[:2]
+    y = _cols_matmul(_im2col(x, kh, kw, stride, dilation, padding), kernel, groups)
+  return y, (x, kernel)
+
+
+def _conv_im2col_bwd(stride, dilation, padding, groups, residuals, g):
+  """Gradients of the im2col formulation, by autodiff: the kernel gradient is one matmul of the
+  windows with ``g``, the input gradient ``g W^T`` scattered back by the windows' transposes (pads,
+  summed in one fused loop)."""
+  x, kernel = residuals
+  kh, kw = kernel.shape[:2]
+
+  def im2col_conv(x, k):
+    return _cols_matmul(_im2col(x, kh, kw, stride, dilation, padding), k, groups)
+
+  _, vjp = jax.vjp(im2col_conv, x, kernel)
+  return vjp(g)
+
+
+_conv_im2col.defvjp(_conv_im2col_fwd, _conv_im2col_bwd)
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, dilation: int = 1,
@@ -116,6 +303,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, dilation: int = 
       return _depthwise_taps(x, kernel, stride, dilation, padding)
     if kh == kw == 1 and groups == 1 and padding == 0:
       return _pointwise_matmul(x, kernel, stride)
+    return _conv_im2col(x, kernel, stride, dilation, padding, groups)
   return _conv_xla(x, kernel, stride, dilation, padding, groups)
 
 
