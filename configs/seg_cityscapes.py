@@ -1,12 +1,15 @@
 """FNA++ segmentation search on Cityscapes (paper Sec. 4.1.1; SPEC section 4).
 
-DeepLabv3 on the MobileNetV2 seg space, output stride 16; 20% of train held out for arch steps;
-images resized to 512x1024, random 321x321 crops, flips; batch 16; 80 epochs with arch steps from
-epoch 30.  Needs the ImageNet seed converted with ``python -m weights_convert`` and Cityscapes
+Search: DeepLabv3 on the MobileNetV2 seg space, output stride 16; 20% of train held out for arch
+steps; images resized to 512x1024, random 321x321 crops, flips; batch 16; 80 epochs with arch steps
+from epoch 30.  Parameter adaptation: weights remapped from the supernet, BatchNorm statistics
+recomputed for 2000 iterations, 100k iterations of batch 16 on 769x769 crops of randomly rescaled
+images, SGD lr 0.01 with warm-up and poly decay.  Evaluation: mIoU on the validation set.  Needs the ImageNet seed converted with ``python -m weights_convert`` and Cityscapes
 prepared as ArrayRecord (``python -m fna_jax.data.cityscapes --help``).
 
-Usage: ``python scripts/search.py --config=configs/seg_cityscapes.py --workdir=DIR``; override any
-value with ``--config.search.batch_size=8`` and the like.
+Usage: ``python scripts/fna.py --config=configs/seg_cityscapes.py --workdir=DIR`` (the whole
+pipeline) or the stages one by one (``scripts/search.py``, ``scripts/adapt.py``,
+``scripts/evaluate.py``); override any value with ``--config.search.batch_size=8`` and the like.
 """
 
 import ml_collections
@@ -23,7 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
       checkpoint='',                        # orbax dir written by `python -m weights_convert`
       pretrain=None)                        # demo only: a short pretraining on embedded data
   c.space = dict(name='mobilenet_v2', task='seg')
-  c.head = dict(channels=256, rates=(6, 12, 18), dropout=0.1)
+  c.head = dict(name='deeplabv3', channels=256, rates=(6, 12, 18), dropout=0.1,
+                low_level='stage1')     # low_level: DeepLabv3+ decoder input (the stride-4 stage)
   c.search = dict(
       method='differentiable',              # or 'random' (paper Sec. 4.8)
       init='remap',                         # or 'random': no seed remapping (Tab. 13 row 3)
@@ -32,6 +36,20 @@ def get_config() -> ml_collections.ConfigDict:
       w_lr=0.02, w_lr_start=1e-4, w_lr_end=1e-3, w_lr_warmup_epochs=5, w_momentum=0.9,
       w_weight_decay=5e-4, a_lr=1e-3, a_weight_decay=4e-5, a_b1=0.9, a_b2=0.999,
       random_candidates=20)                 # random search: architectures evaluated at the end
+  c.adapt = dict(                           # parameter adaptation (paper Sec. 4.1.1; SPEC 5)
+      init='supernet',                      # 'supernet' (FNA++), 'seed' (FNA) or 'random'
+      head='deeplabv3',                     # or 'deeplabv3+': the derived backbone in DeepLabv3+
+      bn_recalib_steps=2000,                # BatchNorm statistics recomputed before fine-tuning
+      frozen_bn=False,                      # backbone BN on running statistics while fine-tuning
+      steps=100_000, batch_size=16, crop_size=769, resize_to=None,
+      scales=(0.75, 1.0, 1.25, 1.5, 1.75, 2.0),
+      lr=0.01, warmup_steps=1000, warmup_start_lr=1e-4, poly_power=0.9, momentum=0.9,
+      weight_decay=5e-4)
+  c.eval = dict(
+      mode='whole',                         # or 'sliding': 769 crops with 2/3 overlap
+      crop_size=769, overlap=2 / 3, batch_size=1, resize_to=None,
+      num_visualize=4)                      # predictions saved as PNGs next to their inputs
+  c.conv_impl = ''                          # '' = the backend's default (fna_jax.ops)
   c.cost_input_size = (1024, 2048)          # MAdds of the cost table are counted at this size
   c.log_every = 20
   c.checkpoint_every = 500

@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'a configs/*.py file',
@@ -23,6 +23,7 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'output directory (default: runs
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)
   from fna_jax.train.search_loop import run_search
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join(

@@ -1,9 +1,14 @@
-"""Segmentation network: a body (``Backbone`` or ``Supernet``) + a DeepLabv3 head.
+"""Segmentation network: a body (``Backbone`` or ``Supernet``) + a DeepLab head.
 
 ``SegmentationNet(body, head)(x, train, **body_kwargs)`` maps images ``(N, H, W, 3)`` to logits
-``(N, H, W, num_classes)``: the head's logits at the body's output stride, upsampled bilinearly
-(half-pixel centres) to the input size.  ``body_kwargs`` go to the body: ``path=`` or
-``op_weights=`` for a supernet.  Parameter paths: ``backbone/...`` and ``head/...``.
+``(N, H, W, num_classes)``: the head's logits (at the body's output stride for DeepLabv3, at the
+low-level stride for DeepLabv3+), upsampled bilinearly (half-pixel centres) to the input size.
+``body_kwargs`` go to the body: ``path=`` or ``op_weights=`` for a supernet.  Parameter paths:
+``backbone/...`` and ``head/...``.
+
+``frozen_bn=True`` runs the body's BatchNorm layers on their running statistics even when
+``train=True`` and leaves those statistics unchanged (their scale and bias still train); the head
+trains normally.  Fine-tuning with small per-device batches is the usual reason.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ import jax
 class SegmentationNet(nn.Module):
   backbone: nn.Module
   head: nn.Module
+  frozen_bn: bool = False
 
   def __call__(self, x, train: bool = False, **body_kwargs):
-    feats = self.backbone(x, train, **body_kwargs)
+    feats = self.backbone(x, train and not self.frozen_bn, **body_kwargs)
     logits = self.head(feats, train)
     n, h, w, _ = x.shape
     return jax.image.resize(logits, (n, h, w, logits.shape[-1]), 'bilinear')

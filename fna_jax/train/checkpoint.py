@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -51,3 +52,30 @@ class RunCheckpoints:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def save_variables(directory: str, variables: Any, meta: dict) -> str:
+  """Writes a network's ``{'params', 'batch_stats'}`` and a JSON ``meta`` as one orbax checkpoint.
+
+  Used for a run's *result* (the searched supernet, the fine-tuned task network); ``meta``
+  records what is needed to rebuild the module (architecture, space, head settings).  An existing
+  ``directory`` is replaced.
+  """
+  path = os.path.abspath(directory)
+  args = ocp.args.Composite(variables=ocp.args.StandardSave(jax.device_get(variables)),
+                            meta=ocp.args.JsonSave(meta))
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+    ckptr.save(path, args=args, force=True)
+  return path
+
+
+def load_variables(directory: str) -> tuple[Any, dict]:
+  """``(variables, meta)`` written by :func:`save_variables` (numpy arrays)."""
+  path = os.path.abspath(directory)
+  if not os.path.isdir(os.path.join(path, 'variables')):
+    raise FileNotFoundError(f'no saved network at {path} (expected {path}/variables and '
+                            f'{path}/meta, written at the end of a search or fine-tuning run)')
+  args = ocp.args.Composite(variables=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+    restored = ckptr.restore(path, args=args)
+  return jax.tree.map(np.asarray, restored['variables']), restored['meta']

@@ -14,7 +14,8 @@
 6. derives the architecture (argmax per layer, skips last) and writes, in ``workdir``:
    ``arch.json``, ``arch.txt`` (release notation), ``alphas.npz`` (history of softmax(alpha)),
    ``alphas.png`` (its plot, when matplotlib is installed) and ``summary.json`` (choices, Params and
-   MAdds of the derived task network at ``cost_input_size``, wall time).
+   MAdds of the derived task network at ``cost_input_size``, wall time) and ``supernet/`` (the
+   searched supernet's weights, which parameter adaptation remaps from).
 
 With ``search.method='random'`` (paper Sec. 4.8) the same budget trains the supernet with uniform
 paths only, then ``random_candidates`` uniformly drawn architectures are scored on arch-split
@@ -39,7 +40,6 @@ from fna_jax import seeds, spaces
 from fna_jax.data import pipeline
 from fna_jax.models import Backbone
 from fna_jax.models import supernet as sn
-from fna_jax.models.heads import DeepLabV3Head
 from fna_jax.models.init import random_like, variable_shapes
 from fna_jax.models.segmentation import SegmentationNet
 from fna_jax.remap import seed_to_supernet
@@ -47,7 +47,7 @@ from fna_jax.tasks import seg
 from fna_jax.train import loop
 from fna_jax.train import mesh as mesh_lib
 from fna_jax.train import pretrain, search
-from fna_jax.train.checkpoint import RunCheckpoints
+from fna_jax.train.checkpoint import RunCheckpoints, save_variables
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -76,10 +76,8 @@ def make_space(space_cfg) -> spaces.SearchSpace:
 
 
 def make_model(space: spaces.SearchSpace, config) -> SegmentationNet:
-  h = config.head
-  return SegmentationNet(sn.Supernet(space),
-                         DeepLabV3Head(config.data.num_classes, h.channels, tuple(h.rates),
-                                       h.dropout))
+  """The task network searched over: ``Supernet(space)`` + the config's head."""
+  return seg.make_network(sn.Supernet(space, impl=config.get('conv_impl') or None), config)
 
 
 def get_seed(config, mesh, log) -> tuple[arch_lib.Arch, dict]:
@@ -124,10 +122,7 @@ def init_supernet_variables(model, space, config, seed_arch, seed_vars, log) -> 
 
 def derived_cost(space, choices, config) -> cost_lib.Cost:
   """Params and MAdds of the derived task network at ``cost_input_size`` (one image)."""
-  arch = space.derive(choices)
-  h = config.head
-  net = SegmentationNet(Backbone(arch), DeepLabV3Head(config.data.num_classes, h.channels,
-                                                      tuple(h.rates), h.dropout))
+  net = seg.make_network(Backbone(space.derive(choices)), config)
   return cost_lib.count(net, None, (1, *config.cost_input_size, 3))
 
 
@@ -324,6 +319,9 @@ def run_search(config, workdir: str, *, log=print, stop_after: int | None = None
   else:
     choices = [int(c) for c in sn.argmax_path(state.alphas, mask)]
   ckpts.close()
+  save_variables(os.path.join(workdir, 'supernet'),
+                 {'params': state.params, 'batch_stats': state.batch_stats},
+                 {'space': space.to_dict(), 'num_classes': config.data.num_classes})
   cost = derived_cost(space, choices, config)
   arch = save_outputs(workdir, space, choices, history or [(0, probs(state))], cost,
                       time.perf_counter() - t_start, config)

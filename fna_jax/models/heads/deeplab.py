@@ -1,4 +1,4 @@
-"""DeepLabv3 head (SPEC section 6): ASPP on the last searched stage's output.
+"""DeepLabv3 and DeepLabv3+ heads (SPEC section 6): ASPP on the last searched stage's output.
 
 ASPP: a 1x1 branch, three depthwise-separable atrous 3x3 branches (dw conv with dilation r, BN,
 ReLU, 1x1 conv, BN, ReLU; rates 6, 12, 18 at output stride 16) and an image-pooling branch, 256
@@ -8,6 +8,13 @@ The logits are returned at feature resolution; the network upsamples them biline
 Parameter paths under the head: ``aspp/b0_conv``, ``aspp/b0_bn``, ``aspp/b{1,2,3}_dw_conv``,
 ``..._dw_bn``, ``..._pw_conv``, ``..._pw_bn``, ``aspp/pool_conv``, ``aspp/pool_bn``,
 ``aspp/project_conv``, ``aspp/project_bn``, ``classifier``.
+
+DeepLabv3+ (Chen et al. 2018) adds a decoder: the low-level feature map (MobileNetV2: the 24-channel
+stage at stride 4) -> 1x1 conv to 48 channels -> BN -> ReLU; the ASPP output upsampled bilinearly
+to its size and concatenated; two depthwise-separable 3x3 convs of ``channels`` (each dw, BN, ReLU,
+1x1, BN, ReLU); the classifier.  Logits are returned at the low-level resolution.  Extra paths:
+``decoder/low_conv``, ``decoder/low_bn``, ``decoder/sep{1,2}_{dw,pw}_{conv,bn}``.  Everything the
+two heads share has the same path, so a DeepLabv3 head's ASPP remaps into a DeepLabv3+ head.
 """
 
 from __future__ import annotations
@@ -59,3 +66,47 @@ class DeepLabV3Head(nn.Module):
     y = ASPP(self.channels, tuple(self.rates), self.impl, name='aspp')(feats['out'], train)
     y = nn.Dropout(self.dropout, deterministic=not train)(y)
     return Conv(self.num_classes, 1, use_bias=True, impl=self.impl, name='classifier')(y)
+
+
+class DeepLabV3PlusHead(nn.Module):
+  """ASPP + decoder on ``feats[low_level]``; ``-> (N, h_low, w_low, num_classes)``.
+
+  ``low_level``: key of the backbone feature dict to decode with (MobileNetV2: ``'stage1'``, the
+  24-channel stage at stride 4).  Dropout needs a ``'dropout'`` rng when ``train=True``.
+  """
+  num_classes: int
+  channels: int = 256
+  rates: tuple[int, ...] = (6, 12, 18)
+  dropout: float = 0.1
+  low_level: str = 'stage1'
+  low_channels: int = 48
+  impl: str | None = None
+
+  @nn.compact
+  def __call__(self, feats, train: bool = False):
+    y = ASPP(self.channels, tuple(self.rates), self.impl, name='aspp')(feats['out'], train)
+    y = nn.Dropout(self.dropout, deterministic=not train)(y)
+    low = feats[self.low_level]
+    n, h, w, _ = low.shape
+    dec = _Decoder(self.channels, self.low_channels, self.impl, name='decoder')
+    y = dec(jax.image.resize(y, (n, h, w, y.shape[-1]), 'bilinear'), low, train)
+    return Conv(self.num_classes, 1, use_bias=True, impl=self.impl, name='classifier')(y)
+
+
+class _Decoder(nn.Module):
+  """DeepLabv3+ decoder: concat(upsampled ASPP, 1x1-reduced low-level) -> 2 separable 3x3 convs."""
+  channels: int
+  low_channels: int
+  impl: str | None = None
+
+  @nn.compact
+  def __call__(self, y, low, train: bool = False):
+    relu_bn = lambda z, name: jax.nn.relu(batch_norm(train, name)(z))
+    low = relu_bn(Conv(self.low_channels, 1, impl=self.impl, name='low_conv')(low), 'low_bn')
+    y = jnp.concatenate([y, low], axis=-1)
+    for i in (1, 2):
+      y = Conv(y.shape[-1], 3, groups=y.shape[-1], impl=self.impl, name=f'sep{i}_dw_conv')(y)
+      y = relu_bn(y, f'sep{i}_dw_bn')
+      y = relu_bn(Conv(self.channels, 1, impl=self.impl, name=f'sep{i}_pw_conv')(y),
+                  f'sep{i}_pw_bn')
+    return y

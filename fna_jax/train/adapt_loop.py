@@ -1,0 +1,212 @@
+"""The parameter-adaptation run: search result -> remapped derived network -> fine-tuned network.
+
+``run_adapt(config, workdir, search_dir)`` is what ``scripts/adapt.py`` calls.  It
+
+1. reads the derived architecture (``arch.json``) and the choices (``summary.json``) of the search
+   run in ``search_dir``;
+2. builds the derived task network (head ``config.adapt.head``: DeepLabv3 or DeepLabv3+) and its
+   initial weights by ``config.adapt.init`` (:mod:`fna_jax.train.adapt`): ``'supernet'`` (FNA++,
+   from ``search_dir/supernet``), ``'seed'`` (FNA) or ``'random'``;
+3. recomputes the BatchNorm statistics on ``config.adapt.bn_recalib_steps`` training batches;
+4. fine-tunes with SGD (linear warm-up, poly decay) on random-scale crops and flips, with the same
+   sharding, checkpoint/resume, NaN guard and progress lines as the search;
+5. writes, in ``workdir``: ``arch.json``, ``model/`` (the fine-tuned variables with the settings to
+   rebuild the network, :func:`fna_jax.train.checkpoint.save_variables`) and ``summary.json``
+   (init, steps, Params, MAdds, wall time).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import jax
+import numpy as np
+
+from fna_jax import arch as arch_lib
+from fna_jax import cost as cost_lib
+from fna_jax import spaces
+from fna_jax.data import pipeline
+from fna_jax.models import Backbone
+from fna_jax.models.init import random_like, variable_shapes
+from fna_jax.tasks import seg
+from fna_jax.train import adapt, loop
+from fna_jax.train import mesh as mesh_lib
+from fna_jax.train.checkpoint import RunCheckpoints, load_variables, save_variables
+from fna_jax.train.search_loop import get_seed, make_sources
+
+
+def read_search(search_dir: str) -> tuple[arch_lib.Arch, list]:
+  """``(derived arch, choices)`` of a finished search run."""
+  paths = [os.path.join(search_dir, f) for f in ('arch.json', 'summary.json')]
+  missing = [p for p in paths if not os.path.isfile(p)]
+  if missing:
+    raise FileNotFoundError(
+        f'{search_dir} is not a finished search run: {", ".join(missing)} missing. Run '
+        f'`python scripts/search.py --config=... --workdir={search_dir}` to the end first.')
+  with open(paths[0]) as f:
+    arch = arch_lib.Arch.from_json(f.read())
+  with open(paths[1]) as f:
+    choices = json.load(f)['choices']
+  return arch, choices
+
+
+def build_network(arch: arch_lib.Arch, config, frozen_bn: bool = False):
+  """The derived task network: ``Backbone(arch)`` + the head ``config.adapt.head``."""
+  return seg.make_network(Backbone(arch, impl=config.get('conv_impl') or None), config,
+                          head=config.adapt.head, frozen_bn=frozen_bn)
+
+
+def network_meta(arch: arch_lib.Arch, config) -> dict:
+  """What :func:`network_from_meta` needs to rebuild the network (stored with the weights)."""
+  return {'arch': arch.to_dict(), 'head': config.adapt.head,
+          'head_config': {k: (list(v) if isinstance(v, tuple) else v)
+                          for k, v in config.head.to_dict().items()},
+          'num_classes': config.data.num_classes}
+
+
+def initial_variables(config, arch, choices, search_dir, target, mesh, log):
+  """Initial variables of the derived network by ``config.adapt.init``."""
+  init = config.adapt.init
+  if init == 'random':
+    log('adapt: random initialisation (no remapping)')
+    return target
+  if init == 'supernet':
+    sup_vars, meta = load_variables(os.path.join(search_dir, 'supernet'))
+    space = spaces.SearchSpace.from_dict(meta['space'])
+    derived, variables, fresh = adapt.from_supernet(sup_vars, space, choices, target)
+    if derived != arch:
+      raise ValueError(f'{search_dir}: arch.json does not match the choices in summary.json')
+    log(f'adapt: remapped from the searched supernet ({search_dir}/supernet)'
+        + (f'; {len(fresh)} head arrays initialised fresh' if fresh else ''))
+    return variables
+  if init == 'seed':
+    seed_arch, seed_vars = get_seed(config, mesh, log)
+    log(f'adapt: remapped from the seed network ({config.search.remap_strategy})')
+    return jax.tree.map(np.asarray, adapt.from_seed(seed_vars, seed_arch, arch, target,
+                                                    config.search.remap_strategy))
+  raise ValueError(f'adapt.init must be one of {adapt.INITS}, got {init!r}')
+
+
+@dataclasses.dataclass
+class AdaptResult:
+  arch: arch_lib.Arch
+  variables: dict
+  cost: cost_lib.Cost
+  workdir: str
+
+
+def run_adapt(config, workdir: str, search_dir: str, *, log=print,
+              stop_after: int | None = None) -> AdaptResult | None:
+  """Runs (or resumes) the parameter adaptation of ``config`` in ``workdir``.
+
+  ``stop_after``: stop with a checkpoint after this many steps of this invocation (tests).
+  Returns ``None`` when stopped early (by ``stop_after`` or SIGTERM/SIGINT).
+  """
+  t_start = time.perf_counter()
+  os.makedirs(workdir, exist_ok=True)
+  loop.setup_runtime(config.get('distributed'), config.get('xla_cache_dir') or None)
+  mesh = mesh_lib.make_mesh()
+  ac = config.adapt
+  if ac.batch_size % mesh.size:
+    raise ValueError(f'adapt.batch_size={ac.batch_size} must be a multiple of the {mesh.size} '
+                     'devices')
+  local_batch = ac.batch_size // jax.process_count()
+  arch, choices = read_search(search_dir)
+  model = build_network(arch, config, frozen_bn=ac.frozen_bn)
+  crop = ac.crop_size
+  shapes = variable_shapes(model, (1, crop, crop, 3), train=False)
+  ckpts = RunCheckpoints(workdir)
+  resuming = ckpts.latest_step() is not None
+
+  train_src, _ = make_sources(config.data)
+  n_train = len(train_src) if config.data.get('num_train', -1) in (-1, None) else min(
+      len(train_src), config.data.num_train)
+  resize = tuple(ac.resize_to) if ac.get('resize_to') else None
+  data = iter(pipeline.make_seg_pipeline(
+      train_src, indices=np.arange(n_train), batch_size=local_batch, crop_size=crop,
+      resize_to=resize, scales=tuple(ac.scales) if ac.scales else None, flip=config.data.flip,
+      seed=config.seed + 11, worker_count=config.data.worker_count))
+  total = ac.steps
+  lr_fn = adapt.poly_schedule(ac.lr, total, ac.warmup_steps, ac.warmup_start_lr, ac.poly_power)
+  tx = adapt.finetune_optimizer(lr_fn, ac.momentum, ac.weight_decay)
+  step_fn = adapt.jit_train_step(model, tx, seg.cross_entropy, mesh)
+  rep = mesh_lib.replicated(mesh)
+
+  if resuming:
+    variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+  else:
+    target = random_like(shapes, config.seed + 1)
+    variables = initial_variables(config, arch, choices, search_dir, target, mesh, log)
+    if ac.bn_recalib_steps > 0:
+      t0 = time.perf_counter()
+      fwd = adapt.jit_bn_forward(build_network(arch, config), mesh)
+      batches = (mesh_lib.put_batch(next(data), mesh) for _ in range(ac.bn_recalib_steps))
+      variables = jax.device_get(adapt.recalibrate_bn(fwd, jax.device_put(variables, rep),
+                                                      batches))
+      log(f'adapt: BatchNorm statistics recomputed on {ac.bn_recalib_steps} batches '
+          f'({time.perf_counter() - t0:.0f}s)')
+  state = adapt.init_state(tx, variables, jax.random.key(config.seed + 2))
+  state = jax.device_put(state, rep)
+  start = 0
+  if resuming:
+    start, state, meta = ckpts.restore_latest(state)
+    data.set_state(meta['data'])
+    log(f'resumed from {ckpts.directory} at step {start}')
+  log(f'adapt: {arch.name or "derived network"}, head {ac.head}, {total} steps of batch '
+      f'{ac.batch_size} ({crop}x{crop} crops) on {mesh.size} device(s)')
+
+  def checkpoint(step, wait=False):
+    ckpts.save(step, state, {'data': data.get_state()}, wait=wait)
+
+  progress = loop.Progress(total, config.log_every, ac.batch_size, prefix='adapt ')
+  with loop.Preemption() as preempt:
+    for step in range(start + 1, total + 1):
+      state, metrics = step_fn(state, mesh_lib.put_batch(next(data), mesh))
+      progress.tick()
+      host = {k: float(v) for k, v in metrics.items()}
+      loop.check_finite(step, host, ckpts.directory)
+      if progress.due(step):
+        progress.log(step, {'loss': host['loss'], 'lr': float(lr_fn(step - 1))})
+      stopping = preempt.requested or (stop_after is not None and step - start >= stop_after)
+      if step % config.checkpoint_every == 0 or step == total or stopping:
+        checkpoint(step, wait=stopping)
+      if stopping:
+        ckpts.close()
+        log(f'stopped at step {step}; rerun the same command to resume')
+        return None
+  ckpts.close()
+
+  variables = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
+  save_variables(os.path.join(workdir, 'model'), variables, network_meta(arch, config))
+  cost = cost_lib.count(build_network(arch, config), None, (1, *config.cost_input_size, 3))
+  with open(os.path.join(workdir, 'arch.json'), 'w') as f:
+    f.write(arch.to_json())
+  summary = {'init': ac.init, 'head': ac.head, 'steps': total, 'params': int(cost.params),
+             'madds': int(cost.madds), 'cost_input_size': list(config.cost_input_size),
+             'search_dir': os.path.abspath(search_dir),
+             'wall_time_s': round(time.perf_counter() - t_start, 1)}
+  with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+    json.dump(summary, f, indent=2)
+  log(f'adapted network at {tuple(config.cost_input_size)}: {cost_lib.format_count(*cost)}; '
+      f'weights in {workdir}/model')
+  return AdaptResult(arch, variables, cost, workdir)
+
+
+def load_network(model_dir: str, config=None):
+  """``(module, variables, meta)`` of a network saved by :func:`run_adapt` (``<workdir>/model``).
+
+  The module is rebuilt from the stored architecture and head settings (``config`` only supplies
+  ``conv_impl``).
+  """
+  import ml_collections
+  variables, meta = load_variables(model_dir)
+  arch = arch_lib.Arch.from_dict(meta['arch'])
+  c = ml_collections.ConfigDict({'head': meta['head_config'],
+                                 'data': {'num_classes': meta['num_classes']},
+                                 'adapt': {'head': meta['head']},
+                                 'conv_impl': (config.get('conv_impl') if config else '') or ''})
+  return build_network(arch, c), variables, meta
+

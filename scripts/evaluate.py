@@ -1,0 +1,37 @@
+"""Evaluate a fine-tuned segmentation network: mIoU, per-class IoU, Params/MAdds, PNGs.
+
+  python scripts/evaluate.py --config=configs/demo.py --model_dir=runs/demo/adapt
+  python scripts/evaluate.py --config=configs/seg_cityscapes.py --model_dir=runs/seg/adapt \
+      --config.eval.mode=sliding
+
+``model_dir`` is a parameter-adaptation work directory (or its ``model`` subdirectory).  Results go
+to ``--out_dir`` (default ``<model_dir>/eval``): ``eval.json``, ``iou.txt`` and
+``predictions/*.png`` (input | ground truth | prediction).
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'a configs/*.py file',
+                                          lock_config=True)
+_MODEL_DIR = flags.DEFINE_string('model_dir', None, 'work directory of a parameter adaptation')
+_OUT_DIR = flags.DEFINE_string('out_dir', None, 'output directory (default: <model_dir>/eval)')
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  from fna_jax.evaluation.evaluate import run_evaluation
+  model_dir = _MODEL_DIR.value
+  out_dir = _OUT_DIR.value or os.path.join(model_dir.rstrip('/').removesuffix('/model'), 'eval')
+  run_evaluation(_CONFIG.value, model_dir, out_dir)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config', 'model_dir'])
+  app.run(main)

@@ -1,0 +1,204 @@
+"""Parameter adaptation: remapping from the supernet, BN recalibration, schedule, the whole run."""
+
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fna_jax import spaces
+from fna_jax.evaluation import VariableMismatchError
+from fna_jax.evaluation.evaluate import run_evaluation
+from fna_jax.models import Backbone
+from fna_jax.models import supernet as sn
+from fna_jax.models.heads import DeepLabV3Head, DeepLabV3PlusHead
+from fna_jax.models.init import init_variables, random_like, variable_shapes
+from fna_jax.models.segmentation import SegmentationNet
+from fna_jax.train import adapt, mesh as mesh_lib
+from fna_jax.train.adapt_loop import load_network, run_adapt
+from fna_jax.train.checkpoint import RunCheckpoints, save_variables
+from fna_jax.train.fna import run_fna
+from fna_jax.train.search_loop import run_search
+
+from test_search_loop import tiny_config
+
+quiet = lambda s: None
+
+
+def small_space():
+  space = spaces.limit_depth(spaces.mobilenet_v2_space('seg', ops=('k3_e3', 'k5_e3')),
+                             (1, 2, 2, 1, 1, 1, 1))
+  return space
+
+
+def _randomise_bn(variables, seed):
+  rng = np.random.default_rng(seed)
+
+  def leaf(path, x):
+    name = path[-1].key
+    if name == 'mean':
+      return rng.normal(0, 0.3, x.shape).astype(x.dtype)
+    if name == 'var':
+      return rng.uniform(0.5, 2.0, x.shape).astype(x.dtype)
+    if name in ('scale', 'bias'):
+      return (x + rng.normal(0, 0.2, x.shape)).astype(x.dtype)
+    return x
+  return jax.tree_util.tree_map_with_path(leaf, variables)
+
+
+def test_from_supernet_computes_the_supernet_path():
+  """The derived network with collected weights = the supernet on that path (eval mode)."""
+  space = small_space()
+  head = DeepLabV3Head(6, channels=8, rates=(1, 2, 3))
+  sup = SegmentationNet(sn.Supernet(space), head)
+  sup_vars = _randomise_bn(init_variables(sup, 0, (1, 32, 32, 3), train=False), 1)
+  layers = space.searched_layers()
+  # The last candidate (skip where a layer offers it), else alternate the ops.
+  choices = [len(space.candidates(i, j)) - 1 if len(space.candidates(i, j)) == 3 else l % 2
+             for l, (i, j) in enumerate(layers)]
+  assert any(space.candidates(i, j)[c] == 'skip'
+             for (i, j), c in zip(space.searched_layers(), choices))
+  arch = space.derive(choices)
+  net = SegmentationNet(Backbone(arch), head)
+  target = init_variables(net, 5, (1, 32, 32, 3), train=False)
+  derived, variables, fresh = adapt.from_supernet(sup_vars, space, choices, target)
+  assert derived == arch and fresh == []
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  y_sup = sup.apply(sup_vars, x, False, path=jnp.asarray(choices, jnp.int32))
+  y_net = net.apply(variables, x, False)
+  np.testing.assert_allclose(y_net, y_sup, rtol=1e-4, atol=1e-4 * float(jnp.abs(y_sup).max()))
+
+
+def test_deeplabv3_weights_into_deeplabv3plus():
+  arch = small_space().derive([0] * small_space().num_searched)
+  v3 = SegmentationNet(Backbone(arch), DeepLabV3Head(6, channels=8, rates=(1, 2, 3)))
+  v3p = SegmentationNet(Backbone(arch), DeepLabV3PlusHead(6, channels=8, rates=(1, 2, 3)))
+  src = init_variables(v3, 0, (1, 32, 32, 3), train=False)
+  dst = init_variables(v3p, 1, (1, 32, 32, 3), train=False)
+  out, copied = adapt.copy_matching(dst, src)
+  assert 'params/head/aspp/b0_conv/kernel' in copied
+  assert not any('decoder' in p for p in copied)
+  np.testing.assert_array_equal(out['params']['head']['aspp']['b0_conv']['kernel'],
+                                src['params']['head']['aspp']['b0_conv']['kernel'])
+  np.testing.assert_array_equal(out['params']['head']['decoder']['low_conv']['kernel'],
+                                dst['params']['head']['decoder']['low_conv']['kernel'])
+  y = v3p.apply(out, jnp.zeros((1, 32, 32, 3)), False)
+  assert y.shape == (1, 32, 32, 6)
+
+
+class _ConvBN(nn.Module):
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.Conv(4, (3, 3), name='conv')(x)
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, name='bn')(x)
+
+
+def test_recalibrate_bn_is_the_average_of_batch_statistics():
+  model = _ConvBN()
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+  variables = {'params': variables['params'],
+               'batch_stats': jax.tree.map(lambda a: a + 7.0, variables['batch_stats'])}
+  batches = [{'image': np.random.default_rng(i).normal(i, 1 + i, (4, 8, 8, 3)).astype(np.float32)}
+             for i in range(3)]
+  fwd = jax.jit(lambda v, x: model.apply(v, x, True, mutable=['batch_stats']))
+  out = adapt.recalibrate_bn(fwd, variables, batches, momentum=0.9)
+  conv = lambda x: nn.Conv(4, (3, 3)).apply({'params': variables['params']['conv']}, x)
+  feats = [np.asarray(conv(b['image']), np.float64).reshape(-1, 4) for b in batches]
+  want_mean = np.mean([f.mean(0) for f in feats], axis=0)
+  want_var = np.mean([f.var(0) for f in feats], axis=0)
+  np.testing.assert_allclose(out['batch_stats']['bn']['mean'], want_mean, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(out['batch_stats']['bn']['var'], want_var, rtol=1e-4)
+  assert out['params'] is variables['params']
+
+
+def test_poly_schedule():
+  f = adapt.poly_schedule(0.01, 1000, warmup_steps=100, warmup_start=1e-4, power=0.9)
+  np.testing.assert_allclose(f(0), 1e-4, rtol=1e-5)
+  np.testing.assert_allclose(f(50), 1e-4 + 0.5 * (0.01 - 1e-4), rtol=1e-5)
+  np.testing.assert_allclose(f(100), 0.01, rtol=1e-5)
+  np.testing.assert_allclose(f(550), 0.01 * (1 - 450 / 900) ** 0.9, rtol=1e-5)
+  np.testing.assert_allclose(f(1000), 0.0, atol=1e-9)
+
+
+# --------------------------------------------------------------------------- whole runs
+def adapt_config(tmp_path_factory, **adapt_kw):
+  c = tiny_config(tmp_path_factory, init='remap')
+  c.seed_net.pretrain.update(steps=4, batch_size=8, image_size=32, num_examples=32)
+  c.seed_net.cache_dir = str(tmp_path_factory.getbasetemp() / 'seed_cache')
+  c.adapt.update(steps=6, batch_size=8, crop_size=32, bn_recalib_steps=2, warmup_steps=2,
+                 lr=0.02)
+  c.adapt.update(adapt_kw)
+  c.data.num_val = 12
+  c.eval.update(batch_size=8, num_visualize=2)
+  return c
+
+
+@pytest.fixture(scope='module')
+def searched(tmp_path_factory):
+  c = adapt_config(tmp_path_factory)
+  workdir = str(tmp_path_factory.mktemp('search'))
+  run_search(c, workdir, log=quiet)
+  return c, workdir
+
+
+@pytest.mark.parametrize('init', ['supernet', 'seed', 'random'])
+def test_adapt_inits_run(searched, tmp_path_factory, init):
+  c, search_dir = searched
+  c = c.copy_and_resolve_references()
+  c.adapt.init = init
+  workdir = str(tmp_path_factory.mktemp(f'adapt_{init}'))
+  lines = []
+  result = run_adapt(c, workdir, search_dir, log=lines.append)
+  assert any(('supernet' if init == 'supernet' else init) in l for l in lines)
+  summary = json.load(open(os.path.join(workdir, 'summary.json')))
+  assert summary['init'] == init and summary['madds'] == result.cost.madds > 0
+  model, variables, _ = load_network(os.path.join(workdir, 'model'))
+  chex_shapes = jax.tree.map(lambda s: s.shape, variable_shapes(model, (1, 32, 32, 3)))
+  assert jax.tree.map(np.shape, variables) == chex_shapes
+
+
+def test_adapt_resumes_to_the_same_weights(searched, tmp_path_factory):
+  c, search_dir = searched
+  full = run_adapt(c, str(tmp_path_factory.mktemp('adapt_full')), search_dir, log=quiet)
+  workdir = str(tmp_path_factory.mktemp('adapt_killed'))
+  assert run_adapt(c, workdir, search_dir, log=quiet, stop_after=4) is None
+  assert RunCheckpoints(workdir).latest_step() == 4
+  resumed = run_adapt(c, workdir, search_dir, log=quiet)
+  chex_close = jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                            resumed.variables, full.variables)
+  del chex_close
+
+
+def test_fna_pipeline_report_and_evaluation(searched, tmp_path_factory):
+  c, search_dir = searched
+  workdir = str(tmp_path_factory.mktemp('fna'))
+  report = run_fna(c, workdir, search_dir=search_dir, log=quiet)
+  assert 0.0 <= report['miou'] <= 1.0 and report['madds'] > 0
+  md = open(os.path.join(workdir, 'report.md')).read()
+  assert 'mIoU' in md and report['arch'].splitlines()[0] in md
+  ev = json.load(open(os.path.join(workdir, 'adapt', 'eval', 'eval.json')))
+  assert ev['num_images'] == 12 and set(ev['iou']) == {
+      'background', 'disc', 'square', 'triangle', 'ring', 'cross'}
+  pngs = sorted(os.listdir(os.path.join(workdir, 'adapt', 'eval', 'predictions')))
+  assert pngs == ['000.png', '001.png']
+  # Sliding windows smaller than the image give a valid evaluation too.
+  c2 = c.copy_and_resolve_references()
+  c2.eval.update(mode='sliding', crop_size=24, overlap=0.5, num_visualize=0)
+  ev2 = run_evaluation(c2, os.path.join(workdir, 'adapt'), str(tmp_path_factory.mktemp('ev')),
+                       log=quiet)
+  assert 0.0 <= ev2['miou'] <= 1.0
+
+
+def test_evaluate_rejects_a_mismatched_checkpoint(searched, tmp_path_factory):
+  c, search_dir = searched
+  workdir = str(tmp_path_factory.mktemp('adapt_bad'))
+  run_adapt(c, workdir, search_dir, log=quiet)
+  model, variables, meta = load_network(os.path.join(workdir, 'model'))
+  variables['params']['backbone']['stage2'].pop('layer0')
+  bad = str(tmp_path_factory.mktemp('bad') / 'model')
+  save_variables(bad, variables, meta)
+  with pytest.raises(VariableMismatchError, match='params/backbone/stage2/layer0'):
+    run_evaluation(c, bad, str(tmp_path_factory.mktemp('ev_bad')), log=quiet)
