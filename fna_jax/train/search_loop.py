@@ -262,12 +262,11 @@ def run_search(config, workdir: str, *, log=print, stop_after: int | None = None
                                 b2=sc.a_b2)
   fns = search.SearchFns(model, space, seg.cross_entropy, table, sc.lam, opt_w, opt_a)
   w_step, a_step = search.jit_steps(fns, mesh)
-  rep = mesh_lib.replicated(mesh)
   key = jax.random.key(config.seed)
   k_alpha, k_state = jax.random.split(key)
   state = search.init_state(fns, variables,
                             sn.init_alphas(k_alpha, space, sc.alpha_init_scale), k_state)
-  state = jax.device_put(state, rep)
+  state = mesh_lib.put_replicated(state, mesh)  # also across processes (PRNG key leaf)
   history: list = []
   start = 0
   if resuming:
