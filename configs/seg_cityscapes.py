@@ -35,7 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
       epochs=80, warmup_epochs=30, batch_size=16, lam=5e-3, alpha_init_scale=1e-3,
       w_lr=0.02, w_lr_start=1e-4, w_lr_end=1e-3, w_lr_warmup_epochs=5, w_momentum=0.9,
       w_weight_decay=5e-4, a_lr=1e-3, a_weight_decay=4e-5, a_b1=0.9, a_b2=0.999,
-      random_candidates=20)                 # random search: architectures evaluated at the end
+      random_candidates=20,                 # random search: architectures evaluated at the end
+      conv_impl='')                         # supernet convs; '' = conv_impl below
   c.adapt = dict(                           # parameter adaptation (paper Sec. 4.1.1; SPEC 5)
       init='supernet',                      # 'supernet' (FNA++), 'seed' (FNA) or 'random'
       head='deeplabv3',                     # or 'deeplabv3+': the derived backbone in DeepLabv3+

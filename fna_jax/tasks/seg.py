@@ -29,7 +29,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_label: int = IGNO
 HEADS = ('deeplabv3', 'deeplabv3+')
 
 
-def make_head(config, name: str | None = None):
+def make_head(config, name: str | None = None, impl: str | None = None):
   """The segmentation head of ``config.head`` (``name`` overrides ``config.head.name``).
 
   ``'deeplabv3'``: :class:`~fna_jax.models.heads.DeepLabV3Head`; ``'deeplabv3+'``: the same ASPP
@@ -40,7 +40,7 @@ def make_head(config, name: str | None = None):
   h = config.head
   name = name or h.get('name', 'deeplabv3')
   common = dict(num_classes=config.data.num_classes, channels=h.channels, rates=tuple(h.rates),
-                dropout=h.dropout, impl=config.get('conv_impl') or None)
+                dropout=h.dropout, impl=impl or config.get('conv_impl') or None)
   if name == 'deeplabv3':
     return DeepLabV3Head(**common)
   if name == 'deeplabv3+':
@@ -48,7 +48,8 @@ def make_head(config, name: str | None = None):
   raise ValueError(f'unknown head {name!r}; expected one of {HEADS}')
 
 
-def make_network(body, config, head: str | None = None, frozen_bn: bool = False):
-  """``SegmentationNet(body, make_head(config, head))``; ``body`` a Backbone or Supernet."""
+def make_network(body, config, head: str | None = None, frozen_bn: bool = False,
+                 impl: str | None = None):
+  """``SegmentationNet(body, make_head(config, head, impl))``; ``body`` a Backbone or Supernet."""
   from fna_jax.models.segmentation import SegmentationNet
-  return SegmentationNet(body, make_head(config, head), frozen_bn=frozen_bn)
+  return SegmentationNet(body, make_head(config, head, impl), frozen_bn=frozen_bn)

@@ -149,7 +149,7 @@ def run_adapt(config, workdir: str, search_dir: str, *, log=print,
       log(f'adapt: BatchNorm statistics recomputed on {ac.bn_recalib_steps} batches '
           f'({time.perf_counter() - t0:.0f}s)')
   state = adapt.init_state(tx, variables, jax.random.key(config.seed + 2))
-  state = jax.device_put(state, rep)
+  state = mesh_lib.put_replicated(state, mesh)  # also across processes (PRNG key leaf)
   start = 0
   if resuming:
     start, state, meta = ckpts.restore_latest(state)

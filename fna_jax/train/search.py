@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from concurrent import futures
 from typing import Any
 
 import flax
@@ -193,3 +194,27 @@ def jit_steps(fns: SearchFns, mesh):
   a = jax.jit(lambda s, b: arch_step(fns, s, b), in_shardings=(rep, data),
               out_shardings=(rep, rep), donate_argnums=0)
   return w, a
+
+
+def compile_steps(fns: SearchFns, mesh, state, batch):
+  """Both steps of :func:`jit_steps` compiled ahead of time for the shapes of ``state``/``batch``.
+
+  ``state`` and ``batch`` may be arrays or ``jax.ShapeDtypeStruct`` trees (nothing is computed).
+  The two steps are traced one after the other, then compiled in two threads: XLA's compiler
+  releases the GIL and compiles one module on one core, so on a multi-core host the pair takes
+  about as long as the slower one.  The results are called like the jitted functions and never
+  recompile (a call with other shapes or shardings is an error instead).
+  """
+  w, a = jit_steps(fns, mesh)
+  lowered_w = w.lower(state, batch, jax.ShapeDtypeStruct((), jnp.bool_))
+  lowered_a = a.lower(state, batch)
+  with futures.ThreadPoolExecutor(2, thread_name_prefix='compile') as pool:
+    cw, ca = pool.submit(lowered_w.compile), pool.submit(lowered_a.compile)
+    return cw.result(), ca.result()
+
+
+def abstract_state(fns: SearchFns, variable_shapes, alphas_shape) -> SearchState:
+  """The :class:`SearchState` of ``variable_shapes`` as ``jax.ShapeDtypeStruct`` leaves."""
+  alphas = jax.ShapeDtypeStruct(alphas_shape, jnp.float32)
+  return jax.eval_shape(lambda v, al: init_state(fns, v, al, jax.random.key(0)),
+                        variable_shapes, alphas)

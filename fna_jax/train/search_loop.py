@@ -28,6 +28,7 @@ import dataclasses
 import json
 import os
 import time
+from concurrent import futures
 from typing import Any
 
 import jax
@@ -76,8 +77,12 @@ def make_space(space_cfg) -> spaces.SearchSpace:
 
 
 def make_model(space: spaces.SearchSpace, config) -> SegmentationNet:
-  """The task network searched over: ``Supernet(space)`` + the config's head."""
-  return seg.make_network(sn.Supernet(space, impl=config.get('conv_impl') or None), config)
+  """The task network searched over: ``Supernet(space)`` + the config's head.
+
+  Convolutions use ``search.conv_impl`` if set, else ``conv_impl`` (see :mod:`fna_jax.ops`).
+  """
+  impl = config.search.get('conv_impl') or config.get('conv_impl') or None
+  return seg.make_network(sn.Supernet(space, impl=impl), config, impl=impl)
 
 
 def get_seed(config, mesh, log) -> tuple[arch_lib.Arch, dict]:
@@ -238,22 +243,12 @@ def run_search(config, workdir: str, *, log=print, stop_after: int | None = None
   log(f'data: {len(w_idx)} weight / {len(a_idx)} arch examples, {steps_per_epoch} steps/epoch, '
       f'{total} weight steps ({warmup} warm-up), batch {sc.batch_size} on {n_dev} device(s)')
 
-  # Model, seed, supernet variables, cost table.
+  # Model, cost table, steps; the steps compile in the background while the seed is prepared.
   space = make_space(config.space)
   model = make_model(space, config)
-  ckpts = RunCheckpoints(workdir)
-  resuming = ckpts.latest_step() is not None
-  if resuming or sc.init == 'random':
-    seed_arch, seed_vars = None, None
-  else:
-    seed_arch, seed_vars = get_seed(config, mesh, log)
-  if resuming:
-    shapes = variable_shapes(model, (1, config.data.crop_size, config.data.crop_size, 3),
-                             train=False)
-    variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
-  else:
-    variables = init_supernet_variables(model, space, config, seed_arch, seed_vars, log)
-  table = search.cost_table(model, variables, space, (1, *config.cost_input_size, 3))
+  size = config.data.crop_size
+  shapes = variable_shapes(model, (1, size, size, 3), train=False)
+  table = search.cost_table(model, shapes, space, (1, *config.cost_input_size, 3))
   sched = search.Schedule(total, warmup, sc.w_lr_warmup_epochs * steps_per_epoch)
   opt_w, lr_fn = search.weight_optimizer(sched, lr=sc.w_lr, lr_start=sc.w_lr_start,
                                          lr_end=sc.w_lr_end, momentum=sc.w_momentum,
@@ -261,7 +256,30 @@ def run_search(config, workdir: str, *, log=print, stop_after: int | None = None
   opt_a = search.arch_optimizer(lr=sc.a_lr, weight_decay=sc.a_weight_decay, b1=sc.a_b1,
                                 b2=sc.a_b2)
   fns = search.SearchFns(model, space, seg.cross_entropy, table, sc.lam, opt_w, opt_a)
-  w_step, a_step = search.jit_steps(fns, mesh)
+  batch_shapes = {'image': jax.ShapeDtypeStruct((sc.batch_size, size, size, 3), jnp.float32),
+                  'label': jax.ShapeDtypeStruct((sc.batch_size, size, size), jnp.int32)}
+  compiling = futures.ThreadPoolExecutor(1, thread_name_prefix='search-steps').submit(
+      search.compile_steps, fns, mesh,
+      search.abstract_state(fns, shapes, (space.num_searched, space.max_candidates)),
+      batch_shapes)
+  t_compile = time.perf_counter()
+
+  # Seed and supernet variables.
+  ckpts = RunCheckpoints(workdir)
+  resuming = ckpts.latest_step() is not None
+  if resuming or sc.init == 'random':
+    seed_arch, seed_vars = None, None
+  else:
+    seed_arch, seed_vars = get_seed(config, mesh, log)
+  if resuming:
+    variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+  else:
+    variables = init_supernet_variables(model, space, config, seed_arch, seed_vars, log)
+  if not compiling.done():
+    log('compiling the weight and arch steps ...')
+  w_step, a_step = compiling.result()
+  log(f'weight and arch steps compiled ({time.perf_counter() - t_compile:.0f}s, in the '
+      'background)')
   key = jax.random.key(config.seed)
   k_alpha, k_state = jax.random.split(key)
   state = search.init_state(fns, variables,
@@ -302,7 +320,9 @@ def run_search(config, workdir: str, *, log=print, stop_after: int | None = None
         fields = {'epoch': f'{(step - 1) // steps_per_epoch + 1}/{sc.epochs}',
                   'loss': host['loss'], 'lr': float(lr_fn(step - 1))}
         if not uniform:
-          fields.update(arch_loss=host['arch_loss'], exp_madds=f'{host["expected_gmadds"]:.3f}G')
+          g = host['expected_gmadds']
+          fields.update(arch_loss=host['arch_loss'],
+                        exp_madds=f'{g:.3f}G' if g >= 1 else f'{1e3 * g:.2f}M')
         fields['arch'] = arch_string(space, sn.argmax_path(state.alphas, mask))
         progress.log(step, fields)
       stopping = preempt.requested or (stop_after is not None and step - start >= stop_after)
