@@ -144,32 +144,52 @@ def searched(tmp_path_factory):
   return c, workdir
 
 
-@pytest.mark.parametrize('init', ['supernet', 'seed', 'random'])
-def test_adapt_inits_run(searched, tmp_path_factory, init):
+@pytest.fixture(scope='module')
+def adapted(searched, tmp_path_factory):
+  """One parameter adaptation with the default init (FNA++: from the supernet)."""
+  c, search_dir = searched
+  workdir = str(tmp_path_factory.mktemp('adapt_supernet'))
+  lines = []
+  result = run_adapt(c, workdir, search_dir, log=lines.append)
+  return c, search_dir, workdir, result, lines
+
+
+def _check_adapt_outputs(workdir, result, init):
+  summary = json.load(open(os.path.join(workdir, 'summary.json')))
+  assert summary['init'] == init and summary['madds'] == result.cost.madds > 0
+  model, variables, _ = load_network(os.path.join(workdir, 'model'))
+  shapes = jax.tree.map(lambda s: s.shape, variable_shapes(model, (1, 32, 32, 3)))
+  assert jax.tree.map(np.shape, variables) == shapes
+
+
+def test_adapt_from_supernet(adapted):
+  c, search_dir, workdir, result, lines = adapted
+  assert c.adapt.init == 'supernet'
+  assert any('remapped from the searched supernet' in l for l in lines)
+  assert any('BatchNorm statistics recomputed on 2 batches' in l for l in lines)
+  _check_adapt_outputs(workdir, result, 'supernet')
+
+
+@pytest.mark.parametrize('init', ['seed', 'random'])
+def test_adapt_other_inits(searched, tmp_path_factory, init):
   c, search_dir = searched
   c = c.copy_and_resolve_references()
   c.adapt.init = init
   workdir = str(tmp_path_factory.mktemp(f'adapt_{init}'))
   lines = []
   result = run_adapt(c, workdir, search_dir, log=lines.append)
-  assert any(('supernet' if init == 'supernet' else init) in l for l in lines)
-  summary = json.load(open(os.path.join(workdir, 'summary.json')))
-  assert summary['init'] == init and summary['madds'] == result.cost.madds > 0
-  model, variables, _ = load_network(os.path.join(workdir, 'model'))
-  chex_shapes = jax.tree.map(lambda s: s.shape, variable_shapes(model, (1, 32, 32, 3)))
-  assert jax.tree.map(np.shape, variables) == chex_shapes
+  assert any(('seed network' if init == 'seed' else 'random initialisation') in l for l in lines)
+  _check_adapt_outputs(workdir, result, init)
 
 
-def test_adapt_resumes_to_the_same_weights(searched, tmp_path_factory):
-  c, search_dir = searched
-  full = run_adapt(c, str(tmp_path_factory.mktemp('adapt_full')), search_dir, log=quiet)
+def test_adapt_resumes_to_the_same_weights(adapted, tmp_path_factory):
+  c, search_dir, _, full, _ = adapted
   workdir = str(tmp_path_factory.mktemp('adapt_killed'))
   assert run_adapt(c, workdir, search_dir, log=quiet, stop_after=4) is None
   assert RunCheckpoints(workdir).latest_step() == 4
   resumed = run_adapt(c, workdir, search_dir, log=quiet)
-  chex_close = jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                            resumed.variables, full.variables)
-  del chex_close
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               resumed.variables, full.variables)
 
 
 def test_fna_pipeline_report_and_evaluation(searched, tmp_path_factory):
@@ -184,6 +204,10 @@ def test_fna_pipeline_report_and_evaluation(searched, tmp_path_factory):
       'background', 'disc', 'square', 'triangle', 'ring', 'cross'}
   pngs = sorted(os.listdir(os.path.join(workdir, 'adapt', 'eval', 'predictions')))
   assert pngs == ['000.png', '001.png']
+  # Rerunning skips every finished stage and gives the same report.
+  lines = []
+  assert run_fna(c, workdir, search_dir=search_dir, log=lines.append) == report
+  assert sum('done before' in l for l in lines) == 3
   # Sliding windows smaller than the image give a valid evaluation too.
   c2 = c.copy_and_resolve_references()
   c2.eval.update(mode='sliding', crop_size=24, overlap=0.5, num_visualize=0)
@@ -192,10 +216,8 @@ def test_fna_pipeline_report_and_evaluation(searched, tmp_path_factory):
   assert 0.0 <= ev2['miou'] <= 1.0
 
 
-def test_evaluate_rejects_a_mismatched_checkpoint(searched, tmp_path_factory):
-  c, search_dir = searched
-  workdir = str(tmp_path_factory.mktemp('adapt_bad'))
-  run_adapt(c, workdir, search_dir, log=quiet)
+def test_evaluate_rejects_a_mismatched_checkpoint(adapted, tmp_path_factory):
+  c, _, workdir, _, _ = adapted
   model, variables, meta = load_network(os.path.join(workdir, 'model'))
   variables['params']['backbone']['stage2'].pop('layer0')
   bad = str(tmp_path_factory.mktemp('bad') / 'model')
