@@ -2,11 +2,12 @@
 
 Sections (``--bench``, comma-separated):
 
-* ``seed`` (default; alias ``train``): the MobileNetV2 ImageNet classifier's full train step: forward, backward,
-  SGD-with-momentum update (optax), BatchNorm in train mode (``batch_stats`` mutable), softmax
-  cross-entropy on random labels; one ``jax.jit`` with the train state donated.  Reported per conv
-  implementation (``--impls``, see :mod:`fna_jax.ops`) and, with ``--torch``, for torchvision's
-  ``mobilenet_v2`` on the same batch, with the ratio fna_jax/torch measured in the same run.
+* ``seed`` (default; alias ``train``): the MobileNetV2 ImageNet classifier's full train step:
+  forward, backward, SGD-with-momentum update (optax), BatchNorm in train mode (``batch_stats``
+  mutable), softmax cross-entropy on random labels; one ``jax.jit`` with the train state donated.
+  Reported per conv implementation (``--impls``, see :mod:`fna_jax.ops`) and, with ``--torch``,
+  for torchvision's ``mobilenet_v2`` on the same batch, with the ratio fna_jax/torch measured in
+  the same run.
 
 * ``search``: the FNA++ segmentation search steps (:mod:`fna_jax.train.search`) on the paper's
   configuration (MobileNetV2 seg space at full depth, DeepLabv3 head 256 channels, 19 classes,
@@ -29,7 +30,11 @@ Sections (``--bench``, comma-separated):
   each step's executable (``compiled.memory_analysis()``: arguments + outputs - donated aliases +
   temporaries), and (``--search_rss``) the peak RSS of a fresh process that runs only that step
   (executable loaded from the persistent compilation cache, so compilation is not in it), sampled
-  during its steps.  The authors' PyTorch figures on the same machine are printed alongside.
+  during its steps after the first call; it covers everything the process holds: Python and JAX,
+  the loaded executable, variables, optimiser state and the step's buffers.  With
+  ``--search_rss`` the compilation and timing run in a fresh process too, and the invoking process
+  only orchestrates, so that no measurement shares a process with another's memory.  The
+  authors' PyTorch figures on the same machine are printed alongside.
 
 Adding a section: write ``def bench_NAME() -> None`` that builds :class:`Subject` s (a step
 function carrying its own state, set up and warmed up inside a :class:`MemorySampler`), times them
@@ -38,12 +43,14 @@ register it in ``BENCHES``.
 
 Figures:
 
-* compile: wall time of ``jit(...).lower(...).compile()`` (tracing and XLA compilation).
+* compile: wall time of ``jit(...).lower(...).compile()`` (tracing and XLA compilation); in the
+  search section, wall time of the first call (tracing, XLA compilation and one step).
 * img/s: ``batch / median step time``.  After ``--warmup`` untimed steps per subject, the subjects
   are timed in ``--rounds`` rounds of ``--steps`` steps each, in turn (A B A B ...), so that a
   change of machine load hits all of them alike; the median is over all rounds' steps.  Each step
   is waited for (``block_until_ready``) before the next starts.
-* peak RSS: the process's resident set size sampled every 5 ms (psutil) during a subject's set-up
+* peak RSS (seed section; the search section's is described above): the process's resident set
+  size sampled every 5 ms (psutil) during a subject's set-up
   (initialisation, compilation, warm-up steps), minus the resident set size just before it; it
   covers parameters, optimizer state, activations, XLA's buffers and compiled code.  A later
   subject can reuse memory an earlier one freed, so its figure can read low: for exact figures run
@@ -110,15 +117,18 @@ _COMPILE_STEPS = flags.DEFINE_integer(
     'the compilations they trigger are counted.')
 _SEED_PATH = flags.DEFINE_integer('path_seed', 0, 'search: RNG seed of the sampled path P.')
 _SEARCH_RSS = flags.DEFINE_bool(
-    'search_rss', True, 'search: also measure the peak RSS of each step kind alone in a fresh '
-    'process (executables come from the persistent compilation cache of this run).')
+    'search_rss', True, 'search: time the steps in a fresh process, then measure the peak RSS of '
+    'each step kind alone in a fresh process (executables from the persistent compilation cache '
+    'the timing process filled).  --nosearch_rss: everything in this process, no RSS figures.')
 _CACHE_DIR = flags.DEFINE_string(
-    'compilation_cache_dir', '', 'search: persistent compilation cache directory (default: a temporary '
-    'one, removed at the end).  Reusing one skips compilation in later runs.  (Not named '
+    'compilation_cache_dir', '', 'search: persistent compilation cache directory (default: a '
+    'temporary one, removed at the end).  Reusing one skips compilation in later runs.  (Not named '
     '--xla_*: JAX hashes --xla* command-line arguments into its cache keys.)')
 _SEARCH_CHILD = flags.DEFINE_enum(
-    'search_child', '', ['', 'weight', 'weight_fixed', 'standalone', 'mobilenet_v2', 'arch'],
-    'internal: run one search subject alone and print its peak RSS.')
+    'search_child', '',
+    ['', 'timing', 'weight', 'weight_fixed', 'standalone', 'mobilenet_v2', 'arch'],
+    'internal: timing = compile, count and time every search step; a subject kind = run it alone '
+    'and report its peak RSS.')
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -434,7 +444,10 @@ def bench_seed() -> None:
 # configuration (issue 3): img/s and peak memory.
 AUTHORS_TORCH = {'weight_img_s': 5.8, 'arch_img_s': 1.8, 'standalone_mbv2_img_s': 6.6,
                  'weight_peak_gb': 2.9, 'arch_peak_gb': 7.9}
-SEARCH_KINDS = ('weight', 'weight_fixed', 'standalone', 'mobilenet_v2', 'arch')
+SEARCH_NAMES = {'weight': 'weight step (random paths)', 'weight_fixed': 'weight step (path P)',
+                'standalone': 'standalone arch(P)', 'mobilenet_v2': 'standalone MobileNetV2',
+                'arch': 'arch step (all paths)'}
+SEARCH_KINDS = tuple(SEARCH_NAMES)
 _CHILD_TAG = 'SEARCH_CHILD_RESULT '
 _BACKEND_COMPILE = '/jax/core/compile/backend_compile_duration'
 _CACHE_RETRIEVAL = '/jax/compilation_cache/cache_retrieval_time_sec'
@@ -574,9 +587,9 @@ def search_bench_setup() -> SearchBench:
   rng = np.random.default_rng(0)
   data = {'image': rng.standard_normal((batch, size, size, 3), dtype=np.float32),
           'label': rng.integers(0, config.data.num_classes, (batch, size, size)).astype(np.int32)}
+  mask = sn.candidate_mask(space)
   path = np.asarray(sn.sample_path(jax.random.key(_SEED_PATH.value),
-                                   sn.init_alphas(jax.random.key(0), space), sn.candidate_mask(space),
-                                   True))
+                                   sn.init_alphas(jax.random.key(0), space), mask, True))
   return SearchBench(config, space, mesh, mesh_lib.put_batch(data, mesh), fns, w_step, a_step,
                      variables, path, space.derive([int(p) for p in path]))
 
@@ -655,14 +668,14 @@ def make_search_subject(sb: SearchBench, kind: str, n_calls: int) -> SearchSubje
       # from softmax(alpha): a new path every call.
       alphas = sn.init_alphas(jax.random.key(0), sb.space)
       flags_ = [jax.device_put(np.bool_(i < n_calls // 2), rep) for i in range(max(n_calls, 1))]
-      name = 'weight step (random paths)'
+      name = SEARCH_NAMES[kind]
     else:
       # alphas peaked on P: every sampled path is P (checked below).
       onehot = np.zeros(mask.shape, np.float32)
       onehot[np.arange(len(sb.path)), sb.path] = 30.0
       alphas = jnp.asarray(np.where(mask, onehot, 0.0))
       flags_ = [jax.device_put(np.bool_(False), rep)]
-      name = 'weight step (path P)'
+      name = SEARCH_NAMES[kind]
     box = [_search_state(sb, alphas), None]
     calls = [0]
 
@@ -682,17 +695,17 @@ def make_search_subject(sb: SearchBench, kind: str, n_calls: int) -> SearchSubje
       return box[0]
 
     jitted, args, after, name = sb.a_step, lambda: (box[0], batch), lambda: None, \
-        'arch step (all paths)'
+        SEARCH_NAMES[kind]
   elif kind in ('standalone', 'mobilenet_v2'):
     if kind == 'standalone':
-      arch, name = sb.path_arch, 'standalone arch(P)'
+      arch, name = sb.path_arch, SEARCH_NAMES[kind]
     else:
       # The seed as the task network uses it: output stride of the space, its last conv.
       arch = arch_lib.mobilenet_v2()
       target = sb.space.skeleton().output_stride
       if arch.output_stride > target:
         arch = arch.with_output_stride(target)
-      arch, name = arch.replace(last_channels=sb.space.last_channels), 'standalone MobileNetV2'
+      arch, name = arch.replace(last_channels=sb.space.last_channels), SEARCH_NAMES[kind]
     net = _seg_network(Backbone(arch), sb.config)
     size = batch['image'].shape[1]
     v = random_like(variable_shapes(net, (1, size, size, 3), train=False), 0)
@@ -819,44 +832,123 @@ def _rss_bytes() -> int:
     return _maxrss_bytes()
 
 
+def _child_cmd(child: str, cache_dir: str) -> list[str]:
+  return [sys.executable, os.path.abspath(__file__), *sys.argv[1:], '--bench=search',
+          f'--search_child={child}', f'--compilation_cache_dir={cache_dir}']
+
+
 def _rss_in_subprocesses(kinds, cache_dir: str) -> dict[str, dict]:
   """Peak RSS of each subject kind, each run alone in a fresh process (see ``--search_rss``)."""
   import json
   import subprocess
   out = {}
   for kind in kinds:
-    cmd = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], '--bench=search',
-           f'--search_child={kind}', f'--compilation_cache_dir={cache_dir}']
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(_child_cmd(kind, cache_dir), capture_output=True, text=True)
     line = next((l for l in proc.stdout.splitlines() if l.startswith(_CHILD_TAG)), None)
     if proc.returncode or line is None:
-      print(f'   peak RSS of {kind}: subprocess failed (rc {proc.returncode}): '
+      why = 'killed (out of memory?)' if proc.returncode == -9 else f'rc {proc.returncode}'
+      print(f'   {SEARCH_NAMES[kind]:<26s} subprocess failed ({why}): '
             f'{proc.stderr.strip().splitlines()[-1:]}', flush=True)
       continue
     out[kind] = json.loads(line[len(_CHILD_TAG):])
     out[kind]['wall_s'] = time.perf_counter() - t0
+    r = out[kind]
+    hwm = f'{_gb(r["vm_hwm"])}' if r['vm_hwm'] else 'n/a'
+    how = 'loaded from the persistent cache' if r['from_cache'] else 'compiled (cache miss)'
+    print(f'   {SEARCH_NAMES[kind]:<26s} peak RSS during the steps {_gb(r["steps_peak_rss"])} '
+          f'(after set-up {_gb(r["pre_steps_rss"])}, after the first call '
+          f'{_gb(r["after_first_call_rss"])}; process high-water mark {hwm}; executable {how} '
+          f'in {r["xla_compile_s"]:.1f} s)', flush=True)
   return out
 
 
+def _timing_in_subprocess(cache_dir: str) -> dict | None:
+  """Runs :func:`_bench_search` in a fresh process (its lines pass through); its summary."""
+  import json
+  import subprocess
+  proc = subprocess.Popen(_child_cmd('timing', cache_dir), stdout=subprocess.PIPE, text=True)
+  summary = None
+  for line in proc.stdout:
+    if line.startswith(_CHILD_TAG):
+      summary = json.loads(line[len(_CHILD_TAG):])
+    else:
+      print(line, end='', flush=True)
+  if proc.wait() or summary is None:
+    print(f'search timing process failed (rc {proc.returncode})', flush=True)
+    return None
+  return summary
+
+
 def bench_search() -> None:
-  """Supernet weight step, arch step and standalone train steps of the paper's seg search."""
+  """Supernet weight step, arch step and standalone train steps of the paper's seg search.
+
+  With ``--search_rss`` (default) this process only orchestrates, so that no process holds the
+  memory of another's measurements: one fresh process compiles and times every step (filling the
+  persistent compilation cache), then one fresh process per step kind measures its peak RSS.
+  """
+  import json
   import shutil
   import tempfile
 
   cache_dir = _CACHE_DIR.value or tempfile.mkdtemp(prefix='fna_bench_xla_')
   _set_compilation_cache(cache_dir)
-  if _SEARCH_CHILD.value:
-    _search_child_main(_SEARCH_CHILD.value)
+  child = _SEARCH_CHILD.value
+  if child == 'timing':
+    print(_CHILD_TAG + json.dumps(_bench_search()), flush=True)
+    return
+  if child:
+    _search_child_main(child)
     return
   try:
-    _bench_search(cache_dir)
+    if _SEARCH_RSS.value:
+      summary = _timing_in_subprocess(cache_dir)
+      if summary is None:
+        return
+      print('peak RSS, each step kind alone in a fresh process (executable from the persistent '
+            f'cache; RSS sampled every 5 ms over {_WARMUP.value} + {_STEPS.value} steps after the '
+            'first call) ...', flush=True)
+      rss = _rss_in_subprocesses(('weight', 'arch', 'standalone', 'mobilenet_v2'), cache_dir)
+    else:
+      summary, rss = _bench_search(), {}
+    _print_comparison(summary, rss)
   finally:
     if not _CACHE_DIR.value:
       shutil.rmtree(cache_dir, ignore_errors=True)
 
 
-def _bench_search(cache_dir: str) -> None:
+def _print_comparison(summary: dict, rss: dict) -> None:
+  """Our figures next to the authors' PyTorch ones (``summary`` from :func:`_bench_search`)."""
+  rate, peaks = summary['img_s'], summary['xla_peak_bytes']
+
+  def mem(kind):
+    parts = []
+    if kind in rss:
+      parts.append(f'peak RSS {_gb(rss[kind]["steps_peak_rss"])}')
+    if kind in peaks:
+      parts.append(f'XLA buffers {_gb(peaks[kind])}')
+    return ', '.join(parts) or 'n/a'
+
+  a = AUTHORS_TORCH
+  same = ('same configuration' if summary.get('paper_config') else
+          "NOT the paper's configuration (batch/size/depth/classes/head overridden): the figures "
+          'do not compare')
+  print(f"vs the authors' PyTorch supernet on this machine (2 cores), {same} (ours | PyTorch):",
+        flush=True)
+  print(f'   single-path weight step: {rate["weight"]:6.2f} | {a["weight_img_s"]} img/s; '
+        f'memory {mem("weight")} | {a["weight_peak_gb"]} GB', flush=True)
+  print(f'   all-path arch step:      {rate["arch"]:6.2f} | {a["arch_img_s"]} img/s; '
+        f'memory {mem("arch")} | {a["arch_peak_gb"]} GB', flush=True)
+  print(f'   standalone MobileNetV2:  {rate["mobilenet_v2"]:6.2f} | '
+        f'{a["standalone_mbv2_img_s"]} img/s; memory {mem("mobilenet_v2")}', flush=True)
+  print(f'== search done, {_load_line()}', flush=True)
+
+
+def _bench_search() -> dict:
+  """Compiles, counts and times every search subject in this process; prints the figures.
+
+  Returns ``{'img_s': {kind: img/s}, 'xla_peak_bytes': {kind: bytes}}``.
+  """
   import jax
   from fna_jax import ops
   from fna_jax.train.search_loop import arch_string
@@ -919,37 +1011,9 @@ def _bench_search(cache_dir: str) -> None:
     print(f'   {by_kind[kind].subject.name:<26s} {_gb(m["peak"])} (arguments {_gb(m["argument"])}, '
           f'temporaries {_gb(m["temp"])}, outputs {_gb(m["output"])}, aliased '
           f'{_gb(m["alias"])}); {how}', flush=True)
-  rss = {}
-  if _SEARCH_RSS.value:
-    print('peak RSS, each step kind alone in a fresh process (executables from the persistent '
-          f'cache; {_WARMUP.value} + {_STEPS.value} steps) ...', flush=True)
-    rss = _rss_in_subprocesses(('weight', 'arch', 'standalone', 'mobilenet_v2'), cache_dir)
-    for kind, r in rss.items():
-      hwm = f'{_gb(r["vm_hwm"])}' if r['vm_hwm'] else 'n/a'
-      how = ('loaded from the persistent cache' if r['from_cache'] else 'compiled (cache miss)')
-      print(f'   {by_kind[kind].subject.name:<26s} peak RSS during the steps '
-            f'{_gb(r["steps_peak_rss"])} (after set-up {_gb(r["pre_steps_rss"])}, after the '
-            f'first call {_gb(r["after_first_call_rss"])}; process high-water mark incl. tracing '
-            f'and executable {hwm}; executable {how} in {r["xla_compile_s"]:.1f} s)', flush=True)
-
-  def mem(kind):
-    parts = []
-    if kind in rss:
-      parts.append(f'RSS {_gb(rss[kind]["steps_peak_rss"])}')
-    if kind in peaks:
-      parts.append(f'XLA buffers {_gb(peaks[kind])}')
-    return ', '.join(parts) or 'n/a'
-
-  a = AUTHORS_TORCH
-  print('vs the authors\' PyTorch supernet on this machine (2 cores), same configuration:',
-        flush=True)
-  print(f'   single-path weight step: {rate["weight"]:6.2f} img/s  (PyTorch {a["weight_img_s"]}); '
-        f'peak memory {mem("weight")}  (PyTorch {a["weight_peak_gb"]} GB)', flush=True)
-  print(f'   all-path arch step:      {rate["arch"]:6.2f} img/s  (PyTorch {a["arch_img_s"]}); '
-        f'peak memory {mem("arch")}  (PyTorch {a["arch_peak_gb"]} GB)', flush=True)
-  print(f'   standalone MobileNetV2:  {rate["mobilenet_v2"]:6.2f} img/s  '
-        f'(PyTorch {a["standalone_mbv2_img_s"]})', flush=True)
-  print(f'== search done, {_load_line()}', flush=True)
+  paper = (_BATCH.value == 8 and _SIZE.value == 321 and not _max_layers()
+            and _SEG_CLASSES.value == 19 and _HEAD_CHANNELS.value == 256)
+  return {'img_s': rate, 'xla_peak_bytes': peaks, 'paper_config': paper}
 
 
 BENCHES: dict[str, Callable[[], None]] = {
