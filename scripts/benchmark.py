@@ -525,14 +525,7 @@ def _max_layers() -> tuple[int, ...] | None:
 def _seg_network(body, config):
   """Task network ``body`` + the config's head, as the search builds it."""
   from fna_jax.tasks import seg
-  make_network = getattr(seg, 'make_network', None)
-  if make_network is not None:
-    return make_network(body, config)
-  from fna_jax.models.heads import DeepLabV3Head
-  from fna_jax.models.segmentation import SegmentationNet
-  h = config.head
-  return SegmentationNet(body, DeepLabV3Head(config.data.num_classes, h.channels, tuple(h.rates),
-                                             h.dropout))
+  return seg.make_network(body, config)
 
 
 @dataclasses.dataclass

@@ -13,7 +13,8 @@ search space runs its architectures (see :func:`task_arch`): for the segmentatio
 stride 16 (strides traded for dilation) and without MobileNetV2's last 1280-channel 1x1 conv, so
 that ``--arch=mobilenet_v2`` counts the seed's network as the task network uses it (MobileNetV2 +
 DeepLabv3, the paper's baseline) and a searched ``arch.json`` counts what the search reported.
-The head is the config's DeepLabv3 head with ``config.data.num_classes`` outputs.
+The head is the config's (``config.head``: DeepLabv3 for Cityscapes) with ``config.data.num_classes``
+outputs.
 """
 
 from __future__ import annotations
@@ -60,20 +61,13 @@ def task_arch(arch, space):
 def build_task_net(arch, config):
   """The segmentation network (backbone of ``arch`` + the config's head) that the search counts.
 
-  Built as :func:`fna_jax.train.search_loop.derived_cost` builds a derived network: by
-  ``fna_jax.tasks.seg.make_network`` where the package has it, else ``SegmentationNet`` with a
-  ``DeepLabV3Head`` of ``config.head``'s channels, rates and dropout.
+  Built as :func:`fna_jax.train.search_loop.derived_cost` builds a derived network, by
+  :func:`fna_jax.tasks.seg.make_network` (the head named by ``config.head.name``: DeepLabv3 by
+  default, DeepLabv3+ where the config says so).
   """
   from fna_jax.models import Backbone
   from fna_jax.tasks import seg
-  make_network = getattr(seg, 'make_network', None)
-  if make_network is not None:
-    return make_network(Backbone(arch), config)
-  from fna_jax.models.heads import DeepLabV3Head
-  from fna_jax.models.segmentation import SegmentationNet
-  h = config.head
-  return SegmentationNet(Backbone(arch), DeepLabV3Head(config.data.num_classes, h.channels,
-                                                       tuple(h.rates), h.dropout))
+  return seg.make_network(Backbone(arch), config)
 
 
 def parse_input_size(values, default) -> tuple[int, int]:

@@ -20,7 +20,7 @@ from fna_jax import arch as arch_lib
 from fna_jax import cost as cost_lib
 from fna_jax.arch import SKIP
 from fna_jax.models import Backbone
-from fna_jax.models.heads import DeepLabV3Head
+from fna_jax.models.heads import DeepLabV3Head, DeepLabV3PlusHead
 from fna_jax.models.segmentation import SegmentationNet
 from fna_jax.train.search_loop import derived_cost, make_space
 
@@ -51,9 +51,14 @@ def count_cli(config_path, arch, input_size=None) -> cost_lib.Cost:
 
 
 def seg_net(arch, config):
+  """Backbone of ``arch`` + the head ``config.head`` names (DeepLabv3 or DeepLabv3+)."""
   h = config.head
-  return SegmentationNet(Backbone(arch), DeepLabV3Head(config.data.num_classes, h.channels,
-                                                       tuple(h.rates), h.dropout))
+  args = (config.data.num_classes, h.channels, tuple(h.rates), h.dropout)
+  name = h.get('name', 'deeplabv3')
+  assert name in ('deeplabv3', 'deeplabv3+'), name
+  head = (DeepLabV3Head(*args) if name == 'deeplabv3' else
+          DeepLabV3PlusHead(*args, low_level=h.get('low_level', 'stage1')))
+  return SegmentationNet(Backbone(arch), head)
 
 
 def seed_as_space_choices(seed: arch_lib.Arch, space) -> list[str]:
@@ -108,13 +113,13 @@ def test_json_and_release_files_give_the_search_reported_cost(tmp_path):
   assert count_cli(CITYSCAPES, tmp_path / 'arch.txt', size) == expected
 
 
-def test_default_input_size_and_num_classes_come_from_the_config():
-  """Without --input_size: config.cost_input_size; the head has config.data.num_classes."""
+def test_default_input_size_and_head_come_from_the_config():
+  """Without --input_size: config.cost_input_size; the head is the config's (the demo's)."""
   config = demo_config.get_config()
   arch = arch_lib.mobilenet_v2().with_output_stride(16).replace(last_channels=None)
   expected = cost_lib.count(seg_net(arch, config), None, (1, *config.cost_input_size, 3))
   assert count_cli(DEMO, 'mobilenet_v2') == expected
-  # The comparison depends on the head: the demo's (64 channels, 6 classes) is not Cityscapes'.
+  # The comparison depends on the head: the demo's (narrower, 6 classes) is not Cityscapes'.
   assert expected != cost_lib.count(seg_net(arch, seg_cityscapes.get_config()), None,
                                     (1, *config.cost_input_size, 3))
 
