@@ -13,8 +13,8 @@ search space runs its architectures (see :func:`task_arch`): for the segmentatio
 stride 16 (strides traded for dilation) and without MobileNetV2's last 1280-channel 1x1 conv, so
 that ``--arch=mobilenet_v2`` counts the seed's network as the task network uses it (MobileNetV2 +
 DeepLabv3, the paper's baseline) and a searched ``arch.json`` counts what the search reported.
-The head is the config's (``config.head``: DeepLabv3 for Cityscapes) with ``config.data.num_classes``
-outputs.
+The head is the config's (``config.head``: DeepLabv3 for Cityscapes) with
+``config.data.num_classes`` outputs.
 """
 
 from __future__ import annotations
