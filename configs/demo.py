@@ -34,7 +34,7 @@ def get_config(variant: str | None = None):
   c.data = dict(name='demo', num_train=800, num_val=100, image_size=64, data_seed=0,
                 num_classes=6, resize_to=None, crop_size=64, flip=True, arch_fraction=0.2,
                 worker_count=0)
-  c.seed_net.pretrain = dict(steps=300, batch_size=32, image_size=64, lr=3e-3, num_examples=4000,
+  c.seed_net.pretrain = dict(steps=200, batch_size=32, image_size=64, lr=3e-3, num_examples=4000,
                              seed=0)
   c.seed_net.cache_dir = os.path.join(os.path.expanduser('~'), '.cache', 'fna_jax')
   # 10 searched layers of 3 ops (+ skip after the first layer of a stage): 30 candidate blocks

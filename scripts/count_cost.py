@@ -59,12 +59,8 @@ def task_arch(arch, space):
 
 
 def build_task_net(arch, config):
-  """The segmentation network (backbone of ``arch`` + the config's head) that the search counts.
-
-  Built as :func:`fna_jax.train.search_loop.derived_cost` builds a derived network, by
-  :func:`fna_jax.tasks.seg.make_network` (the head named by ``config.head.name``: DeepLabv3 by
-  default, DeepLabv3+ where the config says so).
-  """
+  """The segmentation network (backbone of ``arch`` + the config's head), as the search counts
+  a derived network (:func:`fna_jax.train.search_loop.derived_cost`)."""
   from fna_jax.models import Backbone
   from fna_jax.tasks import seg
   return seg.make_network(Backbone(arch), config)

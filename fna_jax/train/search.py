@@ -139,6 +139,11 @@ def weight_step(fns: SearchFns, state: SearchState, batch, uniform):
 
   Returns:
     ``(new_state, metrics)``; ``metrics['path']`` is the sampled ``(L,)`` path.
+
+  Ops off the path get zero gradients, and the optimiser still applies weight decay and momentum
+  to them, as the authors' PyTorch 1.x release does once an op has been sampled
+  (``zero_grad()`` there zeroes gradients rather than dropping them, so ``SGD.step`` updates every
+  parameter that has ever had one).
   """
   rng, k_path, k_drop = jax.random.split(state.rng, 3)
   path = sn.sample_path(k_path, state.alphas, fns.mask, uniform)
