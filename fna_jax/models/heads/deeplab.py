@@ -27,6 +27,25 @@ from fna_jax.models.blocks import batch_norm
 from fna_jax.ops import Conv
 
 
+def relu_bn(y, train: bool, name: str):
+  """BatchNorm ``name`` then ReLU; call inside a compact module (creates ``name`` there)."""
+  return jax.nn.relu(batch_norm(train, name)(y))
+
+
+def separable_conv(x, channels: int, train: bool, prefix: str, dilation: int = 1,
+                   impl: str | None = None):
+  """Depthwise 3x3 (dilation ``dilation``) -> BN -> ReLU -> 1x1 to ``channels`` -> BN -> ReLU.
+
+  Call inside a compact module; creates ``{prefix}_dw_conv``, ``{prefix}_dw_bn``,
+  ``{prefix}_pw_conv`` and ``{prefix}_pw_bn`` there.
+  """
+  y = Conv(x.shape[-1], 3, dilation=dilation, groups=x.shape[-1], impl=impl,
+           name=f'{prefix}_dw_conv')(x)
+  y = relu_bn(y, train, f'{prefix}_dw_bn')
+  return relu_bn(Conv(channels, 1, impl=impl, name=f'{prefix}_pw_conv')(y), train,
+                 f'{prefix}_pw_bn')
+
+
 class ASPP(nn.Module):
   """Atrous spatial pyramid pooling; ``(N, h, w, C) -> (N, h, w, channels)``."""
   channels: int = 256
@@ -36,18 +55,14 @@ class ASPP(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     c = self.channels
-    relu_bn = lambda y, name: jax.nn.relu(batch_norm(train, name)(y))
-    branches = [relu_bn(Conv(c, 1, impl=self.impl, name='b0_conv')(x), 'b0_bn')]
+    branches = [relu_bn(Conv(c, 1, impl=self.impl, name='b0_conv')(x), train, 'b0_bn')]
     for i, r in enumerate(self.rates, start=1):
-      y = Conv(x.shape[-1], 3, dilation=r, groups=x.shape[-1], impl=self.impl,
-               name=f'b{i}_dw_conv')(x)
-      y = relu_bn(y, f'b{i}_dw_bn')
-      branches.append(relu_bn(Conv(c, 1, impl=self.impl, name=f'b{i}_pw_conv')(y), f'b{i}_pw_bn'))
+      branches.append(separable_conv(x, c, train, f'b{i}', dilation=r, impl=self.impl))
     pooled = jnp.mean(x, axis=(1, 2), keepdims=True)
-    pooled = relu_bn(Conv(c, 1, impl=self.impl, name='pool_conv')(pooled), 'pool_bn')
+    pooled = relu_bn(Conv(c, 1, impl=self.impl, name='pool_conv')(pooled), train, 'pool_bn')
     branches.append(jnp.broadcast_to(pooled, x.shape[:3] + (c,)))
     y = jnp.concatenate(branches, axis=-1)
-    return relu_bn(Conv(c, 1, impl=self.impl, name='project_conv')(y), 'project_bn')
+    return relu_bn(Conv(c, 1, impl=self.impl, name='project_conv')(y), train, 'project_bn')
 
 
 class DeepLabV3Head(nn.Module):
@@ -101,12 +116,9 @@ class _Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, y, low, train: bool = False):
-    relu_bn = lambda z, name: jax.nn.relu(batch_norm(train, name)(z))
-    low = relu_bn(Conv(self.low_channels, 1, impl=self.impl, name='low_conv')(low), 'low_bn')
+    low = relu_bn(Conv(self.low_channels, 1, impl=self.impl, name='low_conv')(low), train,
+                  'low_bn')
     y = jnp.concatenate([y, low], axis=-1)
     for i in (1, 2):
-      y = Conv(y.shape[-1], 3, groups=y.shape[-1], impl=self.impl, name=f'sep{i}_dw_conv')(y)
-      y = relu_bn(y, f'sep{i}_dw_bn')
-      y = relu_bn(Conv(self.channels, 1, impl=self.impl, name=f'sep{i}_pw_conv')(y),
-                  f'sep{i}_pw_bn')
+      y = separable_conv(y, self.channels, train, f'sep{i}', impl=self.impl)
     return y
