@@ -35,7 +35,7 @@ from fna_jax.tasks import seg
 from fna_jax.train import adapt, loop
 from fna_jax.train import mesh as mesh_lib
 from fna_jax.train.checkpoint import RunCheckpoints, load_variables, save_variables
-from fna_jax.train.search_loop import get_seed, make_sources
+from fna_jax.train.search_loop import get_seed, make_sources, train_size
 
 
 def read_search(search_dir: str) -> tuple[arch_lib.Arch, list]:
@@ -122,8 +122,7 @@ def run_adapt(config, workdir: str, search_dir: str, *, log=print,
   resuming = ckpts.latest_step() is not None
 
   train_src, _ = make_sources(config.data)
-  n_train = len(train_src) if config.data.get('num_train', -1) in (-1, None) else min(
-      len(train_src), config.data.num_train)
+  n_train = train_size(config.data, train_src)
   resize = tuple(ac.resize_to) if ac.get('resize_to') else None
   data = iter(pipeline.make_seg_pipeline(
       train_src, indices=np.arange(n_train), batch_size=local_batch, crop_size=crop,
@@ -170,10 +169,8 @@ def run_adapt(config, workdir: str, search_dir: str, *, log=print,
       loop.check_finite(step, host, ckpts.directory)
       if progress.due(step):
         progress.log(step, {'loss': host['loss'], 'lr': float(lr_fn(step - 1))})
-      stopping = preempt.requested or (stop_after is not None and step - start >= stop_after)
-      if step % config.checkpoint_every == 0 or step == total or stopping:
-        checkpoint(step, wait=stopping)
-      if stopping:
+      if loop.checkpoint_or_stop(step, start=start, total=total, every=config.checkpoint_every,
+                                 stop_after=stop_after, preempt=preempt, save=checkpoint):
         ckpts.close()
         log(f'stopped at step {step}; rerun the same command to resume')
         return None

@@ -80,6 +80,21 @@ class Preemption:
     return False
 
 
+def checkpoint_or_stop(step: int, *, start: int, total: int, every: int,
+                       stop_after: int | None, preempt: Preemption, save) -> bool:
+  """The end-of-step decision every training loop shares; True means stop now.
+
+  A run stops when SIGTERM/SIGINT arrived (``preempt``) or after ``stop_after`` steps of this
+  invocation (``step - start``; tests use it as a kill).  ``save(step, wait)`` writes a
+  checkpoint every ``every`` steps, at the last step (``total``) and when stopping (then
+  waiting for it to be on disk).
+  """
+  stopping = preempt.requested or (stop_after is not None and step - start >= stop_after)
+  if step % every == 0 or step == total or stopping:
+    save(step, wait=stopping)
+  return stopping
+
+
 def setup_runtime(distributed: dict | None = None, cache_dir: str | None = None) -> None:
   """Multi-host initialisation (when configured) and JAX's persistent compilation cache."""
   if distributed and distributed.get('num_processes', 1) > 1:

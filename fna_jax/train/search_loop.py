@@ -66,6 +66,12 @@ def make_sources(data_cfg) -> tuple[Any, Any]:
   raise ValueError(f"unknown data.name {data_cfg.name!r}; expected 'demo' or 'cityscapes'")
 
 
+def train_size(data_cfg, train_source) -> int:
+  """How many training examples a run uses: all, or the first ``data.num_train`` (-1: all)."""
+  n = data_cfg.get('num_train', -1)
+  return len(train_source) if n in (-1, None) else min(len(train_source), n)
+
+
 def make_space(space_cfg) -> spaces.SearchSpace:
   if space_cfg.name != 'mobilenet_v2':
     raise ValueError(f"unknown space.name {space_cfg.name!r}; expected 'mobilenet_v2'")
@@ -229,8 +235,7 @@ def run_search(config, workdir: str, *, log=print, stop_after: int | None = None
 
   # Data: weight and arch splits of train.
   train_src, _ = make_sources(config.data)
-  n_train = len(train_src) if config.data.get('num_train', -1) in (-1, None) else min(
-      len(train_src), config.data.num_train)
+  n_train = train_size(config.data, train_src)
   w_idx, a_idx = pipeline.split_train_arch(n_train, config.data.arch_fraction, config.seed)
   resize = tuple(config.data.resize_to) if config.data.get('resize_to') else None
   mk = lambda idx, seed: pipeline.make_seg_pipeline(
@@ -258,10 +263,12 @@ def run_search(config, workdir: str, *, log=print, stop_after: int | None = None
   fns = search.SearchFns(model, space, seg.cross_entropy, table, sc.lam, opt_w, opt_a)
   batch_shapes = {'image': jax.ShapeDtypeStruct((sc.batch_size, size, size, 3), jnp.float32),
                   'label': jax.ShapeDtypeStruct((sc.batch_size, size, size), jnp.int32)}
-  compiling = futures.ThreadPoolExecutor(1, thread_name_prefix='search-steps').submit(
+  pool = futures.ThreadPoolExecutor(1, thread_name_prefix='search-steps')
+  compiling = pool.submit(
       search.compile_steps, fns, mesh,
       search.abstract_state(fns, shapes, (space.num_searched, space.max_candidates)),
       batch_shapes)
+  pool.shutdown(wait=False)  # the one task runs on; the thread ends with it
   t_compile = time.perf_counter()
 
   # Seed and supernet variables.
@@ -325,10 +332,8 @@ def run_search(config, workdir: str, *, log=print, stop_after: int | None = None
                         exp_madds=f'{g:.3f}G' if g >= 1 else f'{1e3 * g:.2f}M')
         fields['arch'] = arch_string(space, sn.argmax_path(state.alphas, mask))
         progress.log(step, fields)
-      stopping = preempt.requested or (stop_after is not None and step - start >= stop_after)
-      if step % config.checkpoint_every == 0 or step == total or stopping:
-        checkpoint(step, wait=stopping)
-      if stopping:
+      if loop.checkpoint_or_stop(step, start=start, total=total, every=config.checkpoint_every,
+                                 stop_after=stop_after, preempt=preempt, save=checkpoint):
         ckpts.close()
         log(f'stopped at step {step}; rerun the same command to resume')
         return None
