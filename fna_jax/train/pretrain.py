@@ -20,7 +20,7 @@ import optax
 
 from fna_jax import arch as arch_lib
 from fna_jax import models, seeds
-from fna_jax.data import demo, pipeline, transforms
+from fna_jax.data import demo, pipeline
 from fna_jax.models.init import init_variables
 from fna_jax.train import mesh as mesh_lib
 
@@ -81,27 +81,33 @@ def pretrain_demo_seed(arch: arch_lib.Arch, cfg: dict, cache_dir: str, *, mesh=N
       log(f'seed: step {i}/{steps}  loss {float(loss):.3f}  acc {float(acc):.2f}  '
           f'{time.perf_counter() - t0:.0f}s')
   variables = jax.device_get({'params': params, 'batch_stats': batch_stats})
-  acc = validation_accuracy(model, variables, cfg, mesh)
-  log(f'seed: validation accuracy {acc:.3f} on {cfg.get("num_val", 256)} held-out images '
+  acc, n_val = validation_accuracy(model, variables, cfg, mesh)
+  log(f'seed: validation accuracy {acc:.3f} on {n_val} held-out images '
       f'(chance {1 / num_classes:.2f})')
   if jax.process_index() == 0:
     seeds.save_seed(path, arch, variables, overwrite=True)
   return arch, jax.tree.map(np.asarray, variables)
 
 
-def validation_accuracy(model, variables, cfg: dict, mesh) -> float:
-  """Top-1 accuracy of the pretrained seed on held-out DemoClassification images."""
+def validation_accuracy(model, variables, cfg: dict, mesh) -> tuple[float, int]:
+  """``(top-1 accuracy, images counted)`` of the seed on ``cfg['num_val']`` (256) held-out images.
+
+  One in-order pass of the classification pipeline (no flips, no shuffle; a last incomplete
+  global batch is dropped), batch sharded over ``mesh``, correct predictions counted on device.
+  """
   n, size = cfg.get('num_val', 256), cfg['image_size']
   source = demo.DemoClassification('val', n, size, seed=cfg['seed'])
-  batch = 32 - 32 % mesh.size or mesh.size
+  batch = max(32 - 32 % mesh.size, mesh.size)
   rep, data = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
-  predict = jax.jit(lambda v, x: jnp.argmax(model.apply(v, x, False), -1),
-                    in_shardings=(rep, data))
-  correct = 0
-  for lo in range(0, n - n % batch, batch):
-    ex = [source[i] for i in range(lo, lo + batch)]
-    images = np.stack([transforms.normalize(e['image']) for e in ex])
-    labels = np.asarray([e['label'] for e in ex])
-    pred = np.asarray(predict(variables, mesh_lib.put_batch(images, mesh)))
-    correct += int(np.sum(pred == labels))
-  return correct / max(n - n % batch, 1)
+  count_correct = jax.jit(
+      lambda v, x, y: jnp.sum(jnp.argmax(model.apply(v, x, False), -1) == y),
+      in_shardings=(rep, data, data), out_shardings=rep)
+  it = pipeline.make_cls_pipeline(source, batch_size=batch // jax.process_count(), flip=False,
+                                  shuffle=False, num_epochs=1)
+  variables = jax.device_put(variables, rep)
+  correct = seen = 0
+  for host_batch in it:
+    b = mesh_lib.put_batch(host_batch, mesh)
+    correct += int(count_correct(variables, b['image'], b['label']))
+    seen += b['label'].shape[0]
+  return correct / max(seen, 1), seen
