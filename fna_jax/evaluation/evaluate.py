@@ -47,6 +47,8 @@ def evaluate_network(model, variables, source, config, *, mesh=None, out_dir=Non
   t0 = time.perf_counter()
   mesh = mesh or mesh_lib.make_mesh()
   ec = config.eval
+  if ec.mode not in ('whole', 'sliding'):
+    raise ValueError(f"eval.mode must be 'whole' or 'sliding', got {ec.mode!r}")
   num_classes = config.data.num_classes
   names, palette = class_names_and_palette(config.data.name, num_classes)
   batch = -(-max(ec.batch_size, 1) // mesh.size) * mesh.size
@@ -59,8 +61,6 @@ def evaluate_network(model, variables, source, config, *, mesh=None, out_dir=Non
                     out_shardings=data)
   count_cm = jax.jit(lambda labels, preds: metrics.confusion_matrix(labels, preds, num_classes),
                      in_shardings=(data, data), out_shardings=rep)
-  if ec.mode not in ('whole', 'sliding'):
-    raise ValueError(f"eval.mode must be 'whole' or 'sliding', got {ec.mode!r}")
 
   cm = np.zeros((num_classes, num_classes), np.int64)
   shown, n_images = 0, 0
@@ -75,18 +75,14 @@ def evaluate_network(model, variables, source, config, *, mesh=None, out_dir=Non
     cm += np.asarray(count_cm(b['label'], preds), np.int64)
     valid = np.any(host_batch['label'] != metrics.IGNORE_LABEL, axis=(1, 2))
     n_images += int(valid.sum())
-    if out_dir and shown < ec.num_visualize and jax.process_index() == 0:
-      local_preds = np.asarray(jax.device_get(preds))[:len(host_batch['label'])] \
-          if jax.process_count() == 1 else None
-      if local_preds is not None:
-        os.makedirs(os.path.join(out_dir, 'predictions'), exist_ok=True)
-        for k in range(len(local_preds)):
-          if shown >= ec.num_visualize or not valid[k]:
-            continue
-          visualize.save_triptych(os.path.join(out_dir, 'predictions', f'{shown:03d}.png'),
-                                  host_batch['image'][k], host_batch['label'][k],
-                                  local_preds[k], palette)
-          shown += 1
+    # Pictures need the whole batch's predictions on this host: single-process runs only.
+    if out_dir and shown < ec.num_visualize and jax.process_count() == 1:
+      local_preds = np.asarray(preds)
+      for k in np.flatnonzero(valid)[:ec.num_visualize - shown]:  # not eval padding
+        visualize.save_triptych(os.path.join(out_dir, 'predictions', f'{shown:03d}.png'),
+                                host_batch['image'][k], host_batch['label'][k], local_preds[k],
+                                palette)
+        shown += 1
   iou = metrics.iou_from_confusion(cm)
   h, w = config.cost_input_size
   params, madds = cost_lib.count(model, None, (1, h, w, 3))
