@@ -16,13 +16,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import jax
-import numpy as np
-import orbax.checkpoint as ocp
-
 from fna_jax import arch as arch_lib
+from fna_jax.train.checkpoint import VARIABLES_ITEM, load_variables, save_variables
 
-VARIABLES_ITEM = 'variables'
 ARCH_ITEM = 'arch'
 CONVERT_HINT = ('python -m weights_convert --arch {arch} --src TORCHVISION_WEIGHTS.pth '
                 '--dst {path}')
@@ -30,10 +26,6 @@ CONVERT_HINT = ('python -m weights_convert --arch {arch} --src TORCHVISION_WEIGH
 
 def _abspath(directory: str | os.PathLike) -> str:
   return os.path.abspath(os.fspath(directory))
-
-
-def _to_numpy_tree(variables: Any) -> Any:
-  return jax.tree.map(np.asarray, variables)
 
 
 def save_seed(directory: str | os.PathLike, arch: arch_lib.Arch | str, variables: Any, *,
@@ -60,13 +52,8 @@ def save_seed(directory: str | os.PathLike, arch: arch_lib.Arch | str, variables
     raise FileExistsError(f'seed directory {path} already exists; remove it or pass '
                           'overwrite=True (--overwrite on the command line)')
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  args = ocp.args.Composite(**{
-      VARIABLES_ITEM: ocp.args.StandardSave(_to_numpy_tree(variables)),
-      ARCH_ITEM: ocp.args.JsonSave(arch.to_dict()),
-  })
-  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-    ckptr.save(path, args=args, force=overwrite)
-  return path
+  return save_variables(path, variables, arch.to_dict(), meta_item=ARCH_ITEM,
+                        overwrite=overwrite)
 
 
 def load_seed(directory: str | os.PathLike) -> tuple[arch_lib.Arch, Any]:
@@ -95,12 +82,5 @@ def load_seed(directory: str | os.PathLike) -> tuple[arch_lib.Arch, Any]:
   if missing:
     raise ValueError(f'{path} is not a seed checkpoint: it lacks {missing} (expected the '
                      f'items {VARIABLES_ITEM!r} and {ARCH_ITEM!r} written by save_seed)')
-  args = ocp.args.Composite(**{
-      VARIABLES_ITEM: ocp.args.StandardRestore(),
-      ARCH_ITEM: ocp.args.JsonRestore(),
-  })
-  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-    restored = ckptr.restore(path, args=args)
-  arch = arch_lib.Arch.from_dict(restored[ARCH_ITEM])
-  variables = _to_numpy_tree(restored[VARIABLES_ITEM])
-  return arch, variables
+  variables, arch = load_variables(path, meta_item=ARCH_ITEM)
+  return arch_lib.Arch.from_dict(arch), variables

@@ -16,6 +16,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+VARIABLES_ITEM = 'variables'
+
 
 class RunCheckpoints:
   """Thin wrapper over ``ocp.CheckpointManager`` for ``<workdir>/checkpoints``."""
@@ -54,28 +56,32 @@ class RunCheckpoints:
     self.manager.close()
 
 
-def save_variables(directory: str, variables: Any, meta: dict) -> str:
+def save_variables(directory: str, variables: Any, meta: dict, *, meta_item: str = 'meta',
+                   overwrite: bool = True) -> str:
   """Writes a network's ``{'params', 'batch_stats'}`` and a JSON ``meta`` as one orbax checkpoint.
 
-  Used for a run's *result* (the searched supernet, the fine-tuned task network); ``meta``
-  records what is needed to rebuild the module (architecture, space, head settings).  An existing
-  ``directory`` is replaced.
+  Items: ``variables`` (StandardSave, host arrays) and ``meta_item`` (JsonSave).  Used for a
+  run's *result* (the searched supernet, the fine-tuned task network; ``meta`` records what
+  rebuilds the module) and, with ``meta_item='arch'``, for seed checkpoints
+  (:func:`fna_jax.seeds.save_seed`).  ``overwrite`` replaces an existing ``directory``.
   """
   path = os.path.abspath(directory)
-  args = ocp.args.Composite(variables=ocp.args.StandardSave(jax.device_get(variables)),
-                            meta=ocp.args.JsonSave(meta))
+  args = ocp.args.Composite(**{VARIABLES_ITEM: ocp.args.StandardSave(jax.device_get(variables)),
+                               meta_item: ocp.args.JsonSave(meta)})
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-    ckptr.save(path, args=args, force=True)
+    ckptr.save(path, args=args, force=overwrite)
   return path
 
 
-def load_variables(directory: str) -> tuple[Any, dict]:
+def load_variables(directory: str, *, meta_item: str = 'meta') -> tuple[Any, dict]:
   """``(variables, meta)`` written by :func:`save_variables` (numpy arrays)."""
   path = os.path.abspath(directory)
-  if not os.path.isdir(os.path.join(path, 'variables')):
-    raise FileNotFoundError(f'no saved network at {path} (expected {path}/variables and '
-                            f'{path}/meta, written at the end of a search or fine-tuning run)')
-  args = ocp.args.Composite(variables=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+  if not os.path.isdir(os.path.join(path, VARIABLES_ITEM)):
+    raise FileNotFoundError(f'no saved network at {path} (expected {path}/{VARIABLES_ITEM} and '
+                            f'{path}/{meta_item}, written at the end of a search or fine-tuning '
+                            'run)')
+  args = ocp.args.Composite(**{VARIABLES_ITEM: ocp.args.StandardRestore(),
+                               meta_item: ocp.args.JsonRestore()})
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
     restored = ckptr.restore(path, args=args)
-  return jax.tree.map(np.asarray, restored['variables']), restored['meta']
+  return jax.tree.map(np.asarray, restored[VARIABLES_ITEM]), restored[meta_item]
