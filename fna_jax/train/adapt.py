@@ -180,8 +180,10 @@ def jit_train_step(model, tx, loss_fn, mesh):
 def jit_bn_forward(model, mesh):
   """Train-mode forward returning the updated batch stats (for :func:`recalibrate_bn`).
 
-  Dropout is off (it does not touch BatchNorm statistics); batch sharded on ``'data'``, so the
-  statistics are global over the mesh.
+  Everything runs as in training, dropout included (a fixed dropout key), as a torch model in
+  train mode does when its BN statistics are recomputed; with DeepLabv3+ the decoder's BN layers
+  see the dropped-out ASPP output, as they do while fine-tuning.  The batch is sharded on
+  ``'data'``, so the statistics are global over the mesh.
   """
   rep, data = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
 
