@@ -1,6 +1,6 @@
 """The embedded demo: the whole FNA++ pipeline on generated shapes, minutes on 2 CPU cores.
 
-Data: :class:`fna_jax.data.demo.DemoSegmentation` (6 classes, 64x64, generated in code).  Seed:
+Data: :class:`fna_jax.tasks.seg.demo_data.DemoSegmentation` (6 classes, 64x64, generated in code).  Seed:
 MobileNetV2, from a converted torchvision checkpoint when ``seed_net.checkpoint`` is given, else
 a short pretraining on the embedded classification images (cached under ``seed_net.cache_dir``).
 The space is the MobileNetV2 segmentation space with fewer layers per stage, the head is narrower
@@ -16,27 +16,16 @@ Variants (paper Tab. 13 rows; ``--config=configs/demo.py:<variant>``):
 * ``rand_both`` (row 5): RandInit -> ArchAdapt -> RandInit -> ParamAdapt
 """
 
-import os
-
 from configs import seg_cityscapes
-
-VARIANTS = {  # variant: (search.init, adapt.init)
-    'fna++': ('remap', 'supernet'),
-    'fna': ('remap', 'seed'),
-    'rand_search': ('random', 'seed'),
-    'rand_adapt': ('remap', 'random'),
-    'rand_both': ('random', 'random'),
-}
+from fna_jax.train import ablation
 
 
 def get_config(variant: str | None = None):
   c = seg_cityscapes.get_config()
   c.data = dict(name='demo', num_train=800, num_val=100, image_size=64, data_seed=0,
-                num_classes=6, resize_to=None, crop_size=64, flip=True, arch_fraction=0.2,
+                num_classes=6, resize_to=(), crop_size=64, flip=True, arch_fraction=0.2,
                 worker_count=0)
-  c.seed_net.pretrain = dict(steps=200, batch_size=32, image_size=64, lr=3e-3, num_examples=4000,
-                             seed=0)
-  c.seed_net.cache_dir = os.path.join(os.path.expanduser('~'), '.cache', 'fna_jax')
+  c.seed_net.pretrain.steps = 200
   # 10 searched layers of 3 ops (+ skip after the first layer of a stage): 30 candidate blocks
   # instead of the full space's 108, because compiling the supernet's two steps is what a
   # 64x64 demo spends most of its time on.
@@ -54,7 +43,8 @@ def get_config(variant: str | None = None):
   c.log_every = 10
   c.checkpoint_every = 50
   variant = variant or 'fna++'
-  if variant not in VARIANTS:
-    raise ValueError(f'unknown demo variant {variant!r}; expected one of {sorted(VARIANTS)}')
-  c.search.init, c.adapt.init = VARIANTS[variant]
+  if variant not in ablation.VARIANTS:
+    raise ValueError(f'unknown demo variant {variant!r}; expected one of '
+                     f'{sorted(ablation.VARIANTS)}')
+  ablation.apply(c, ablation.VARIANTS[variant])
   return c

@@ -1,11 +1,11 @@
-"""FNA++ segmentation search on Cityscapes (paper Sec. 4.1.1; SPEC section 4).
+"""FNA++ segmentation search on Cityscapes (paper Sec. 4.1.1).
 
 Search: DeepLabv3 on the MobileNetV2 seg space, output stride 16; 20% of train held out for arch
 steps; images resized to 512x1024, random 321x321 crops, flips; batch 16; 80 epochs with arch steps
 from epoch 30.  Parameter adaptation: weights remapped from the supernet, BatchNorm statistics
 recomputed for 2000 iterations, 100k iterations of batch 16 on 769x769 crops of randomly rescaled
 images, SGD lr 0.01 with warm-up and poly decay.  Evaluation: mIoU on the validation set.  Needs the ImageNet seed converted with ``python -m weights_convert`` and Cityscapes
-prepared as ArrayRecord (``python -m fna_jax.data.cityscapes --help``).
+prepared as ArrayRecord (``python -m fna_jax.tasks.seg.cityscapes --help``).
 
 Usage: ``python scripts/fna.py --config=configs/seg_cityscapes.py --workdir=DIR`` (the whole
 pipeline) or the stages one by one (``scripts/search.py``, ``scripts/adapt.py``,
@@ -17,6 +17,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
+  c.task = 'seg'                           # fna_jax.build.TASKS: semantic segmentation
   c.seed = 0                               # RNG seed of the whole run
   c.data = dict(
       name='cityscapes', data_dir='', num_classes=19, resize_to=(512, 1024), crop_size=321,
@@ -24,8 +25,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed_net = dict(
       arch='mobilenet_v2',
       checkpoint='',                        # orbax dir written by `python -m weights_convert`
-      pretrain=None)                        # demo only: a short pretraining on embedded data
-  c.space = dict(name='mobilenet_v2', task='seg')
+      # Without a checkpoint, steps > 0 pretrains the seed briefly on embedded shape images
+      # (the demo's stand-in for ImageNet weights), cached under cache_dir.
+      pretrain=dict(steps=0, batch_size=32, image_size=64, lr=3e-3, weight_decay=1e-4,
+                    num_examples=4000, num_val=256, seed=0),
+      cache_dir='~/.cache/fna_jax')
+  c.space = dict(name='mobilenet_v2', task='seg',
+                 ops=(),                    # candidate ops per layer; () = the paper's six
+                 max_layers=())             # layers per stage; () = paper Tab. 1
   c.head = dict(name='deeplabv3', channels=256, rates=(6, 12, 18), dropout=0.1,
                 low_level='stage1')     # low_level: DeepLabv3+ decoder input (the stride-4 stage)
   c.search = dict(
@@ -37,22 +44,23 @@ def get_config() -> ml_collections.ConfigDict:
       w_weight_decay=5e-4, a_lr=1e-3, a_weight_decay=4e-5, a_b1=0.9, a_b2=0.999,
       random_candidates=20,                 # random search: architectures evaluated at the end
       conv_impl='')                         # supernet convs; '' = conv_impl below
-  c.adapt = dict(                           # parameter adaptation (paper Sec. 4.1.1; SPEC 5)
+  c.adapt = dict(                           # parameter adaptation (paper Sec. 4.1.1)
       init='supernet',                      # 'supernet' (FNA++), 'seed' (FNA) or 'random'
       head='deeplabv3',                     # or 'deeplabv3+': the derived backbone in DeepLabv3+
       bn_recalib_steps=2000,                # BatchNorm statistics recomputed before fine-tuning
       frozen_bn=False,                      # backbone BN on running statistics while fine-tuning
-      steps=100_000, batch_size=16, crop_size=769, resize_to=None,
+      steps=100_000, batch_size=16, crop_size=769, resize_to=(),  # () = no resize
       scales=(0.75, 1.0, 1.25, 1.5, 1.75, 2.0),
       lr=0.01, warmup_steps=1000, warmup_start_lr=1e-4, poly_power=0.9, momentum=0.9,
       weight_decay=5e-4)
   c.eval = dict(
-      mode='whole',                         # or 'sliding': 769 crops with 2/3 overlap
-      crop_size=769, overlap=2 / 3, batch_size=1, resize_to=None,
+      mode='whole',                         # or 'sliding': crop_size windows overlapping by overlap
+      crop_size=769, overlap=2 / 3, batch_size=1, resize_to=(),  # () = full images
       num_visualize=4)                      # predictions saved as PNGs next to their inputs
   c.conv_impl = ''                          # '' = the backend's default (fna_jax.ops)
   c.cost_input_size = (1024, 2048)          # MAdds of the cost table are counted at this size
   c.log_every = 20
   c.checkpoint_every = 500
+  c.xla_cache_dir = ''                      # '' = ~/.cache/fna_jax/xla
   c.distributed = dict(coordinator_address='', num_processes=1, process_id=0)
   return c

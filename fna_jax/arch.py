@@ -15,7 +15,7 @@ A stage's first layer carries its stride and its channel change (``c_in -> c_out
 layers map ``c_out -> c_out`` with stride 1.  The first layer can never be ``skip``.  In a derived
 architecture, real layers come first and skips last (see :meth:`Arch.skips_last`).
 
-The release notation of the authors' code (SPEC section 8) is one line per stage,
+The release notation of the authors' code (github.com/JaminFong/FNA) is one line per stage,
 ``[[C_in, C_out], [op, ...], stride]``, joined by ``|`` and newlines.
 """
 
@@ -255,8 +255,8 @@ class Arch:
     """Trades strides for dilation so that the body's output stride is ``output_stride``.
 
     Once the running stride has reached ``output_stride``, a later stage with stride 2 runs with
-    stride 1 and doubles the dilation of its own and every later stage's spatial convs (SPEC
-    section 3: MobileNetV2 at OS 16 runs its 160 and 320 stages with dilation 2).
+    stride 1 and doubles the dilation of its own and every later stage's spatial convs (paper
+    Sec. 4.1.1, output stride 16: MobileNetV2 runs its 160 and 320 stages with dilation 2).
     ``None`` leaves the architecture unchanged.
     """
     if output_stride is None:

@@ -1,4 +1,4 @@
-"""Parameter and multiply-accumulate (MAdds) counting (SPEC section 7).
+"""Parameter and multiply-accumulate (MAdds) counting, as the paper's Params/MAdds columns (Tab. 2, 4, 6).
 
 Conventions, as in the paper and the usual torchvision reference numbers:
 

@@ -344,3 +344,16 @@ class Conv(nn.Module):
     if self.use_bias:
       y = y + self.param('bias', nn.initializers.zeros, (self.features,))
     return y
+
+
+def conv_module(impl: str | None = None):
+  """The :class:`Conv` every module of a network builds, with its implementation fixed.
+
+  ``impl``: ``'xla'``, ``'cpu'`` or ``None``/``''`` for :func:`default_impl` (resolved here, once).
+  Networks take the result as their ``conv`` attribute (as flax's ImageNet example passes
+  ``conv``), so the implementation is chosen in one place: :func:`fna_jax.build.conv`.
+  """
+  impl = impl or default_impl()
+  if impl not in IMPLS:
+    raise ValueError(f'conv implementation {impl!r} not in {IMPLS}')
+  return functools.partial(Conv, impl=impl)

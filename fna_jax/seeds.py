@@ -17,7 +17,7 @@ import os
 from typing import Any
 
 from fna_jax import arch as arch_lib
-from fna_jax.train.checkpoint import VARIABLES_ITEM, load_variables, save_variables
+from fna_jax.runtime.checkpoint import VARIABLES_ITEM, load_variables, save_variables
 
 ARCH_ITEM = 'arch'
 CONVERT_HINT = ('python -m weights_convert --arch {arch} --src TORCHVISION_WEIGHTS.pth '

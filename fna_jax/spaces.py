@@ -1,4 +1,4 @@
-"""Search spaces as data (paper Tab. 1; SPEC section 3).
+"""Search spaces as data (paper Sec. 3.2.1, Tab. 1).
 
 A :class:`SearchSpace` is an architecture skeleton whose every layer lists its candidate ops.  A
 layer with one candidate is fixed (MobileNetV2's ``k3_e1`` block); the others are *searched*.  The

@@ -13,10 +13,8 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'a configs/*.py file',
                                           lock_config=True)
@@ -28,29 +26,30 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   from fna_jax import cost as cost_lib
-  from fna_jax.train.fna import ROWS, run_fna
+  from fna_jax.train import ablation
+  from fna_jax.train.fna import run_fna
   workdir = _WORKDIR.value
   results = {}
   for row in (int(r) for r in _ROWS.value):
-    if row not in ROWS:
-      raise ValueError(f'--rows: no row {row}; Tab. 13 rows here are {sorted(ROWS)}')
-    search_init, adapt_init, name = ROWS[row]
+    if row not in ablation.ROWS:
+      raise ValueError(f'--rows: no row {row}; Tab. 13 rows here are {sorted(ablation.ROWS)}')
+    r = ablation.ROWS[row]
     config = copy.deepcopy(_CONFIG.value)
-    with config.unlocked():
-      config.search.init, config.adapt.init = search_init, adapt_init
-    print(f'=== Tab. 13 row ({row}): {name}', flush=True)
+    ablation.apply(config, r)
+    print(f'=== Tab. 13 row ({row}): {r.method}', flush=True)
     report = run_fna(config, os.path.join(workdir, f'row{row}'),
-                     search_dir=os.path.join(workdir, f'search_{search_init}'))
+                     search_dir=os.path.join(workdir, f'search_{r.search_init}'))
     if not report:
       print('stopped; rerun the same command to resume')
       return
-    results[row] = {'method': name, **report}
+    results[row] = {'method': r.method, **report}
   with open(os.path.join(workdir, 'ablation.json'), 'w') as f:
     json.dump(results, f, indent=2)
-  lines = ['| row | method | Params | MAdds | mIoU (%) |', '|---|---|---|---|---|']
+  metric = next(iter(results.values()))['metric'] if results else 'metric'
+  lines = [f'| row | method | Params | MAdds | {metric} |', '|---|---|---|---|---|']
   for row, r in results.items():
     lines.append(f'| ({row}) | {r["method"]} | {cost_lib.to_mega(r["params"]):.2f}M | '
-                 f'{cost_lib.to_mega(r["madds"]):.1f}M | {100 * r["miou"]:.1f} |')
+                 f'{cost_lib.to_mega(r["madds"]):.1f}M | {r["metric_text"]} |')
   table = '\n'.join(lines) + '\n'
   with open(os.path.join(workdir, 'ablation.md'), 'w') as f:
     f.write(table)

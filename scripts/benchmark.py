@@ -552,7 +552,7 @@ def search_bench_setup() -> SearchBench:
   from fna_jax.models import supernet as sn
   from fna_jax.models.init import random_like, variable_shapes
   from fna_jax.tasks import seg
-  from fna_jax.train import mesh as mesh_lib
+  from fna_jax.runtime import mesh as mesh_lib
   from fna_jax.train import search
   from fna_jax.train.search_loop import make_space
 
@@ -589,7 +589,7 @@ def search_bench_setup() -> SearchBench:
 
 def _search_state(sb: SearchBench, alphas):
   import jax
-  from fna_jax.train import mesh as mesh_lib
+  from fna_jax.runtime import mesh as mesh_lib
   from fna_jax.train import search
   import jax.numpy as jnp
   # jnp.array copies: every subject's (donated) state gets buffers of its own.
@@ -604,7 +604,7 @@ def standalone_train_step(net, tx, loss_fn, mesh):
   BN statistics updated, dropout, backward, ``tx`` update (the weight step's optimiser)."""
   import jax
   import optax
-  from fna_jax.train import mesh as mesh_lib
+  from fna_jax.runtime import mesh as mesh_lib
 
   def step(state, batch):
     params, batch_stats, opt_state, rng = state
@@ -649,7 +649,7 @@ def make_search_subject(sb: SearchBench, kind: str, n_calls: int) -> SearchSubje
   from fna_jax.models import supernet as sn
   from fna_jax.models.init import random_like, variable_shapes
   from fna_jax.tasks import seg
-  from fna_jax.train import mesh as mesh_lib
+  from fna_jax.runtime import mesh as mesh_lib
 
   rep = mesh_lib.replicated(sb.mesh)
   mask = sn.candidate_mask(sb.space)
@@ -1037,5 +1037,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  app.run(main)
+    app.run(main)

@@ -5,7 +5,7 @@
 
 prints exactly one line, ``params=<int> madds=<int>``: parameter scalars (BN scale/bias included,
 running statistics not) and multiply-accumulates for one image of ``--input_size`` (height,width;
-default ``config.cost_input_size``), counted by :mod:`fna_jax.cost` (SPEC section 7).
+default ``config.cost_input_size``), counted by :mod:`fna_jax.cost`.
 
 ``ARCH`` is a JSON file (``arch.json`` of a search), a file in the release notation (``arch.txt``)
 or a seed name (``mobilenet_v2``).  The backbone is used as the task uses it, i.e. as the config's
@@ -22,10 +22,8 @@ from __future__ import annotations
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'a configs/*.py file',
                                           lock_config=True)
@@ -58,14 +56,6 @@ def task_arch(arch, space):
   return arch.replace(last_channels=space.last_channels)
 
 
-def build_task_net(arch, config):
-  """The segmentation network (backbone of ``arch`` + the config's head), as the search counts
-  a derived network (:func:`fna_jax.train.search_loop.derived_cost`)."""
-  from fna_jax.models import Backbone
-  from fna_jax.tasks import seg
-  return seg.make_network(Backbone(arch), config)
-
-
 def parse_input_size(values, default) -> tuple[int, int]:
   """``['1024', '2048']`` (or the default) -> ``(1024, 2048)``; CountCostError when malformed."""
   values = default if values is None else values
@@ -87,10 +77,10 @@ def count_task_cost(config, arch_spec: str, input_size=None):
     arch = arch_lib.load(arch_spec)
   except (arch_lib.ArchError, ValueError, UnicodeDecodeError) as e:
     raise CountCostError(f'--arch={arch_spec}: cannot read an architecture: {e}') from None
+  from fna_jax import build
   from fna_jax import cost as cost_lib
-  from fna_jax.train.search_loop import make_space
-  arch = task_arch(arch, make_space(config.space))
-  return cost_lib.count(build_task_net(arch, config), None, (1, *size, 3))
+  arch = task_arch(arch, build.space(config))
+  return cost_lib.count(build.task_network(config, arch), None, (1, *size, 3))
 
 
 def main(argv):

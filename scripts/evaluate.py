@@ -12,10 +12,8 @@ to ``--out_dir`` (default ``<model_dir>/eval``): ``eval.json``, ``iou.txt`` and
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'a configs/*.py file',
                                           lock_config=True)
@@ -26,7 +24,7 @@ _OUT_DIR = flags.DEFINE_string('out_dir', None, 'output directory (default: <mod
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  from fna_jax.evaluation.evaluate import run_evaluation
+  from fna_jax.train.evaluate import run_evaluation
   model_dir = _MODEL_DIR.value
   out_dir = _OUT_DIR.value or os.path.join(model_dir.rstrip('/').removesuffix('/model'), 'eval')
   run_evaluation(_CONFIG.value, model_dir, out_dir)

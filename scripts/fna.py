@@ -13,10 +13,8 @@ resumes an interrupted one.  Tab. 13 ablation rows: ``--config=configs/demo.py:f
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'a configs/*.py file',
                                           lock_config=True)

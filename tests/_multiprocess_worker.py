@@ -5,9 +5,9 @@ As a script (one process of a multi-process CPU run; the caller sets ``JAX_PLATF
 
   python tests/_multiprocess_worker.py PROCESS_ID NUM_PROCESSES PORT OUT.npz CACHE_DIR
 
-it joins the run through :func:`fna_jax.train.loop.setup_runtime` (``jax.distributed.initialize``
+it joins the run through :func:`fna_jax.runtime.loop.setup_runtime` (``jax.distributed.initialize``
 with a coordinator on ``localhost:PORT``), builds a mesh over every device of every process, feeds
-its own rows of each global batch through :func:`fna_jax.train.mesh.put_batch`, runs
+its own rows of each global batch through :func:`fna_jax.runtime.mesh.put_batch`, runs
 :func:`run_steps` and writes the final state (its local copy of the replicated arrays) to
 ``OUT.npz``.  Imported, :func:`run_steps` gives the single-process reference on any mesh.
 """
@@ -25,12 +25,12 @@ import numpy as np  # noqa: E402
 
 from fna_jax.arch import Stem  # noqa: E402
 from fna_jax.models import supernet as sn  # noqa: E402
-from fna_jax.models.heads import DeepLabV3Head  # noqa: E402
+from fna_jax.tasks.seg.heads import DeepLabV3Head  # noqa: E402
 from fna_jax.models.init import init_variables  # noqa: E402
-from fna_jax.models.segmentation import SegmentationNet  # noqa: E402
+from fna_jax.tasks.seg.network import SegmentationNet  # noqa: E402
 from fna_jax.spaces import SearchSpace, SpaceStage  # noqa: E402
 from fna_jax.tasks import seg  # noqa: E402
-from fna_jax.train import mesh as mesh_lib  # noqa: E402
+from fna_jax.runtime import mesh as mesh_lib  # noqa: E402
 from fna_jax.train import search  # noqa: E402
 
 OPS = ('k3_e3', 'k5_e6')
@@ -80,7 +80,7 @@ def run_steps(mesh) -> dict:
   table = search.cost_table(model, variables, space, (1, SIZE, SIZE, 3))
   sched = search.Schedule(total_steps=10, warmup_steps=WARMUP, lr_warmup_steps=2)
   opt_w, _ = search.weight_optimizer(sched, lr=0.05)
-  fns = search.SearchFns(model, space, seg.cross_entropy, table, 5e-3, opt_w,
+  fns = search.SearchFns(model, space, seg.segmentation_loss, table, 5e-3, opt_w,
                          search.arch_optimizer(lr=0.05))
   w_step, a_step = search.jit_steps(fns, mesh)
   state = search.init_state(fns, jax.tree.map(jnp.asarray, variables),
@@ -119,7 +119,7 @@ def _local(x) -> np.ndarray:
 
 def main(argv):
   process_id, num_processes, port, out, cache_dir = argv[1:6]
-  from fna_jax.train import loop
+  from fna_jax.runtime import loop
   jax.config.update('jax_default_matmul_precision', 'highest')
   loop.setup_runtime({'coordinator_address': f'localhost:{port}',
                       'num_processes': int(num_processes), 'process_id': int(process_id)},

@@ -10,16 +10,19 @@ import numpy as np
 import pytest
 
 from fna_jax import spaces
-from fna_jax.evaluation import VariableMismatchError
-from fna_jax.evaluation.evaluate import run_evaluation
+from fna_jax.runtime.checks import VariableMismatchError
+from fna_jax.train.evaluate import run_evaluation
 from fna_jax.models import Backbone
 from fna_jax.models import supernet as sn
-from fna_jax.models.heads import DeepLabV3Head, DeepLabV3PlusHead
+from fna_jax.tasks.seg.heads import DeepLabV3Head, DeepLabV3PlusHead
 from fna_jax.models.init import init_variables, random_like, variable_shapes
-from fna_jax.models.segmentation import SegmentationNet
-from fna_jax.train import adapt, mesh as mesh_lib
-from fna_jax.train.adapt_loop import load_network, run_adapt
-from fna_jax.train.checkpoint import RunCheckpoints, save_variables
+from fna_jax.tasks.seg.network import SegmentationNet
+from fna_jax import build
+from fna_jax.runtime import mesh as mesh_lib
+from fna_jax.runtime import steps
+from fna_jax.train import adapt
+from fna_jax.train.adapt_loop import run_adapt
+from fna_jax.runtime.checkpoint import RunCheckpoints, save_variables
 from fna_jax.train.fna import run_fna
 from fna_jax.train.search_loop import run_search
 
@@ -154,10 +157,10 @@ def adapted(searched, tmp_path_factory):
   return c, search_dir, workdir, result, lines
 
 
-def _check_adapt_outputs(workdir, result, init):
+def _check_adapt_outputs(workdir, result, init, config):
   summary = json.load(open(os.path.join(workdir, 'summary.json')))
   assert summary['init'] == init and summary['madds'] == result.cost.madds > 0
-  model, variables, _ = load_network(os.path.join(workdir, 'model'))
+  model, variables, _ = build.load_network(os.path.join(workdir, 'model'), config)
   shapes = jax.tree.map(lambda s: s.shape, variable_shapes(model, (1, 32, 32, 3)))
   assert jax.tree.map(np.shape, variables) == shapes
 
@@ -167,7 +170,7 @@ def test_adapt_from_supernet(adapted):
   assert c.adapt.init == 'supernet'
   assert any('remapped from the searched supernet' in l for l in lines)
   assert any('BatchNorm statistics recomputed on 2 batches' in l for l in lines)
-  _check_adapt_outputs(workdir, result, 'supernet')
+  _check_adapt_outputs(workdir, result, 'supernet', c)
 
 
 @pytest.mark.parametrize('init', ['seed', 'random'])
@@ -179,7 +182,7 @@ def test_adapt_other_inits(searched, tmp_path_factory, init):
   lines = []
   result = run_adapt(c, workdir, search_dir, log=lines.append)
   assert any(('seed network' if init == 'seed' else 'random initialisation') in l for l in lines)
-  _check_adapt_outputs(workdir, result, init)
+  _check_adapt_outputs(workdir, result, init, c)
 
 
 def test_adapt_resumes_to_the_same_weights(adapted, tmp_path_factory):
@@ -218,7 +221,7 @@ def test_fna_pipeline_report_and_evaluation(searched, tmp_path_factory):
 
 def test_evaluate_rejects_a_mismatched_checkpoint(adapted, tmp_path_factory):
   c, _, workdir, _, _ = adapted
-  model, variables, meta = load_network(os.path.join(workdir, 'model'))
+  model, variables, meta = build.load_network(os.path.join(workdir, 'model'), c)
   variables['params']['backbone']['stage2'].pop('layer0')
   bad = str(tmp_path_factory.mktemp('bad') / 'model')
   save_variables(bad, variables, meta)

@@ -20,7 +20,7 @@ torch = pytest.importorskip('torch')
 torchvision = pytest.importorskip('torchvision')
 
 from fna_jax import arch as arch_lib  # noqa: E402
-from fna_jax import models  # noqa: E402
+from fna_jax import models, ops  # noqa: E402
 from fna_jax import seeds  # noqa: E402
 from fna_jax.models import blocks  # noqa: E402
 from weights_convert import __main__ as cli  # noqa: E402
@@ -162,7 +162,7 @@ def _parity(name: str, impl: str, shape: tuple[int, int, int, int]):
   finally:
     for h in hooks:
       h.remove()
-  net = models.build(name, impl=impl)
+  net = models.build(name, conv=ops.conv_module(impl))
   apply = jax.jit(lambda v, y: net.apply(v, y, train=False, capture_intermediates=_is_captured,
                                          mutable=['intermediates']))
   logits, state = apply(variables, x.transpose(0, 2, 3, 1))

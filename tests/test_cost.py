@@ -88,7 +88,7 @@ class _Small(nn.Module):
 
 
 # ----------------------------------------------------------------------------- reference points
-# (seed, torchvision params, MAdds range in G) at 224x224 with 1000 classes (SPEC section 7).
+# (seed, torchvision params, MAdds range in G) at 224x224 with 1000 classes (torchvision's figures).
 REFERENCE = [
     ('mobilenet_v2', 3_504_872, (0.29e9, 0.32e9)),
     ('resnet18', 11_689_512, (1.7e9, 1.9e9)),
@@ -334,7 +334,7 @@ class XlaFlopsTest(parameterized.TestCase):
     1x1 convs (90% of the MAdds) have no padding, so XLA's conv flops are 2 x MAdds less a little
     for the 3x3 padding taps; BN, ReLU6 and residual adds (elementwise) add a few percent.
     """
-    module = models.build('mobilenet_v2', impl='xla')
+    module = models.build('mobilenet_v2', conv=ops.conv_module('xla'))
     variables, x = _abstract(module, (1, 224, 224, 3))
     madds = cost.count(module, variables, (1, 224, 224, 3)).madds
     ratio = _xla_flops(lambda v, xx: module.apply(v, xx, train=False), variables, x) / madds
@@ -343,7 +343,7 @@ class XlaFlopsTest(parameterized.TestCase):
   def test_resnet18_padding_adjusted(self):
     """ResNet-18 at 64x64: with padding taps removed, 2 x MAdds is XLA's flops but the elementwise
     part (BN, ReLU, adds; 0.5% measured)."""
-    module = models.build('resnet18', impl='xla')
+    module = models.build('resnet18', conv=ops.conv_module('xla'))
     variables, x = _abstract(module, (1, 64, 64, 3))
     layers = cost.count_layers(module, variables, (1, 64, 64, 3))
     adjusted = 0

@@ -20,9 +20,10 @@ from fna_jax import arch as arch_lib
 from fna_jax import cost as cost_lib
 from fna_jax.arch import SKIP
 from fna_jax.models import Backbone
-from fna_jax.models.heads import DeepLabV3Head, DeepLabV3PlusHead
-from fna_jax.models.segmentation import SegmentationNet
-from fna_jax.train.search_loop import derived_cost, make_space
+from fna_jax.tasks.seg.heads import DeepLabV3Head, DeepLabV3PlusHead
+from fna_jax.tasks.seg.network import SegmentationNet
+from fna_jax.build import space as make_space
+from fna_jax.train.search_loop import derived_cost
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, 'scripts', 'count_cost.py')
@@ -80,7 +81,7 @@ def test_mobilenet_v2_matches_paper_deeplabv3_figures():
 def test_mobilenet_v2_is_the_seed_as_the_seg_space_runs_it():
   """The seed counted by the script == the seed's ops placed in the seg space (OS 16, no 1280)."""
   config = seg_cityscapes.get_config()
-  space = make_space(config.space)
+  space = make_space(config)
   size = (96, 160)
   from_space = space.derive(seed_as_space_choices(arch_lib.mobilenet_v2(), space))
   # Sanity of the comparison itself: same ops once skips are dropped, strides of the space.
@@ -98,7 +99,7 @@ def test_mobilenet_v2_is_the_seed_as_the_seg_space_runs_it():
 def test_json_and_release_files_give_the_search_reported_cost(tmp_path):
   """A derived arch saved as JSON and in the release notation counts as the search reports."""
   config = seg_cityscapes.get_config()
-  space = make_space(config.space)
+  space = make_space(config)
   rng = np.random.default_rng(3)
   choices = [int(rng.integers(len(space.candidates(i, j)))) for i, j in space.searched_layers()]
   arch = space.derive(choices)

@@ -1,4 +1,4 @@
-"""Tests of fna_jax.data.cityscapes (no real data: error paths and a mocked TFDS source)."""
+"""Tests of fna_jax.tasks.seg.cityscapes (no real data: error paths and a mocked TFDS source)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ import chex
 import numpy as np
 import pytest
 
-from fna_jax.data import cityscapes
 from fna_jax.data import pipeline
+from fna_jax.tasks.seg import cityscapes
+from fna_jax.tasks.seg import pipeline as seg_pipeline
 
-PREPARE_CMD = 'python -m fna_jax.data.cityscapes --prepare --manual_dir'
+PREPARE_CMD = 'python -m fna_jax.tasks.seg.cityscapes --prepare --manual_dir'
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,7 +175,7 @@ def test_mocked_source_feeds_the_pipelines(tmp_path):
     assert set(np.unique(ex['label']).tolist()) <= set(range(19)) | {255}
 
     weight, arch = pipeline.split_train_arch(len(src), 0.25)
-    ds = pipeline.make_seg_pipeline(src, indices=weight, batch_size=2, crop_size=(24, 40),
+    ds = seg_pipeline.make_seg_pipeline(src, indices=weight, batch_size=2, crop_size=(24, 40),
                                     resize_to=(32, 64), shard_by_process=False)
     batch = next(iter(ds))
     chex.assert_shape(batch['image'], (2, 24, 40, 3))
@@ -184,7 +185,7 @@ def test_mocked_source_feeds_the_pipelines(tmp_path):
 
     val = cityscapes.CityscapesSource('val', data_dir)
     assert val.split == 'validation'
-    batches = list(pipeline.make_eval_pipeline(val, indices=arch, batch_size=2, resize_to=(16, 32),
+    batches = list(seg_pipeline.make_eval_pipeline(val, indices=arch, batch_size=2, resize_to=(16, 32),
                                                shard_by_process=False))
     assert len(batches) == 1
     chex.assert_shape(batches[0]['image'], (1, 16, 32, 3))
@@ -236,10 +237,10 @@ def test_prepare_then_read_without_tensorflow(tmp_path):
   manual, data_dir = tmp_path / 'manual', tmp_path / 'data'
   manual.mkdir()
   label_maps = _write_fake_zips(str(manual), {'train': 3, 'val': 2, 'test': 1})
-  root = os.path.dirname(os.path.dirname(os.path.abspath(cityscapes.__file__)))
-  env = {**os.environ, 'PYTHONPATH': os.path.dirname(root)}
+  package = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(cityscapes.__file__))))
+  env = {**os.environ, 'PYTHONPATH': os.path.dirname(package)}
   proc = subprocess.run(
-      [_tf_python(), '-m', 'fna_jax.data.cityscapes', '--prepare', '--manual_dir', str(manual),
+      [_tf_python(), '-m', 'fna_jax.tasks.seg.cityscapes', '--prepare', '--manual_dir', str(manual),
        '--data_dir', str(data_dir)], env=env, capture_output=True, text=True, timeout=600,
       check=False)
   assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -254,7 +255,7 @@ def test_prepare_then_read_without_tensorflow(tmp_path):
   got = sorted(train[i]['label'].tobytes() for i in range(3))
   assert got == expected  # the builder keeps no fixed order; compare as sets of label maps
   chex.assert_shape(train[0]['image'], (8, 16, 3))
-  batch = next(iter(pipeline.make_seg_pipeline(train, batch_size=2, crop_size=8,
+  batch = next(iter(seg_pipeline.make_seg_pipeline(train, batch_size=2, crop_size=8,
                                                shard_by_process=False)))
   chex.assert_shape(batch['label'], (2, 8, 8))
 
@@ -264,21 +265,21 @@ def test_prepare_then_read_without_tensorflow(tmp_path):
 
 
 def test_split_train_arch():
-  weight, arch = cityscapes.split_train_arch(2975)
+  weight, arch = pipeline.split_train_arch(2975)
   assert len(arch) == 595 and len(weight) == 2380
   assert not set(weight.tolist()) & set(arch.tolist())
   np.testing.assert_array_equal(np.sort(np.concatenate([weight, arch])), np.arange(2975))
   assert np.all(np.diff(weight) > 0) and np.all(np.diff(arch) > 0)
-  w2, a2 = cityscapes.split_train_arch(2975)
+  w2, a2 = pipeline.split_train_arch(2975)
   np.testing.assert_array_equal(w2, weight)
   np.testing.assert_array_equal(a2, arch)
-  _, a3 = cityscapes.split_train_arch(2975, seed=1)
+  _, a3 = pipeline.split_train_arch(2975, seed=1)
   assert not np.array_equal(a3, arch)
   # Random, not a block: the arch split spreads over the whole range.
   assert arch.min() < 100 and arch.max() > 2875
-  _, a10 = cityscapes.split_train_arch(10, 0.3)
+  _, a10 = pipeline.split_train_arch(10, 0.3)
   assert len(a10) == 3
   with pytest.raises(ValueError, match='arch_fraction'):
-    cityscapes.split_train_arch(10, 1.0)
+    pipeline.split_train_arch(10, 1.0)
   with pytest.raises(ValueError, match='too small'):
-    cityscapes.split_train_arch(2, 0.2)
+    pipeline.split_train_arch(2, 0.2)

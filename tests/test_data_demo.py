@@ -13,6 +13,8 @@ import pytest
 from fna_jax.data import demo
 from fna_jax.data import pipeline
 from fna_jax.data import transforms as T
+from fna_jax.tasks.seg import demo_data
+from fna_jax.tasks.seg import pipeline as seg_pipeline
 
 VALID_LABELS = set(range(demo.NUM_CLASSES)) | {demo.IGNORE_LABEL}
 
@@ -26,25 +28,25 @@ def _same(a: dict, b: dict) -> bool:
 
 
 def test_demo_segmentation_is_deterministic_per_split_and_index():
-  a = demo.DemoSegmentation('train', 10, seed=3)
-  b = demo.DemoSegmentation('train', 10, seed=3)
+  a = demo_data.DemoSegmentation('train', 10, seed=3)
+  b = demo_data.DemoSegmentation('train', 10, seed=3)
   for i in (0, 7):
     assert _same(a[i], b[i])
   assert _same(a[-1], b[9])
   assert not np.array_equal(a[0]['image'], a[1]['image'])
-  val = demo.DemoSegmentation('val', 10, seed=3)
+  val = demo_data.DemoSegmentation('val', 10, seed=3)
   assert not np.array_equal(a[0]['image'], val[0]['image'])
-  assert _same(val[2], demo.DemoSegmentation('validation', 10, seed=3)[2])
-  other_seed = demo.DemoSegmentation('train', 10, seed=4)
+  assert _same(val[2], demo_data.DemoSegmentation('validation', 10, seed=3)[2])
+  other_seed = demo_data.DemoSegmentation('train', 10, seed=4)
   assert not np.array_equal(a[0]['image'], other_seed[0]['image'])
   # A dataset of another length holds the same examples: example i depends on (seed, split, i).
-  assert _same(a[4], demo.DemoSegmentation('train', 1000, seed=3)[4])
+  assert _same(a[4], demo_data.DemoSegmentation('train', 1000, seed=3)[4])
   # Pickling (grain workers) keeps the content.
   assert _same(pickle.loads(pickle.dumps(a))[5], a[5])
 
 
 def test_demo_segmentation_shapes_dtypes_and_label_values():
-  ds = demo.DemoSegmentation('train', 4, image_size=40)
+  ds = demo_data.DemoSegmentation('train', 4, image_size=40)
   assert len(ds) == 4
   for i in range(4):
     ex = ds[i]
@@ -52,15 +54,15 @@ def test_demo_segmentation_shapes_dtypes_and_label_values():
     chex.assert_shape(ex['label'], (40, 40))
     assert ex['image'].dtype == np.uint8 and ex['label'].dtype == np.uint8
     assert set(np.unique(ex['label']).tolist()) <= VALID_LABELS
-  assert demo.DemoSegmentation.NUM_CLASSES == len(demo.DemoSegmentation.CLASS_NAMES) == 6
+  assert demo_data.DemoSegmentation.NUM_CLASSES == len(demo_data.DemoSegmentation.CLASS_NAMES) == 6
   with pytest.raises(IndexError, match='out of range'):
     ds[4]
   with pytest.raises(ValueError, match='unknown demo split'):
-    demo.DemoSegmentation('training', 4)
+    demo_data.DemoSegmentation('training', 4)
 
 
 def test_demo_segmentation_class_balance_and_ignore_band():
-  ds = demo.DemoSegmentation('train', 40)
+  ds = demo_data.DemoSegmentation('train', 40)
   labels = np.stack([ds[i]['label'] for i in range(len(ds))])
   images_with = [(labels == c).any(axis=(1, 2)).sum() for c in range(demo.NUM_CLASSES)]
   # Every shape class appears in many of the 40 images (each image draws 3-7 shapes).
@@ -73,7 +75,7 @@ def test_demo_segmentation_class_balance_and_ignore_band():
   assert 0.003 < ignore < 0.05, ignore
 
 
-def _pixels(ds: demo.DemoSegmentation) -> tuple[np.ndarray, np.ndarray]:
+def _pixels(ds: demo_data.DemoSegmentation) -> tuple[np.ndarray, np.ndarray]:
   images = np.stack([ds[i]['image'] for i in range(len(ds))]).reshape(-1, 3)
   labels = np.stack([ds[i]['label'] for i in range(len(ds))]).reshape(-1)
   keep = labels != 255
@@ -87,8 +89,8 @@ def _miou(pred: np.ndarray, y: np.ndarray, n: int) -> float:
 
 def test_demo_per_pixel_colour_is_far_from_enough():
   """The best per-pixel colour rules, fitted on train, stay far from segmenting val images."""
-  x, y = _pixels(demo.DemoSegmentation('train', 80))
-  xv, yv = _pixels(demo.DemoSegmentation('val', 30))
+  x, y = _pixels(demo_data.DemoSegmentation('train', 80))
+  xv, yv = _pixels(demo_data.DemoSegmentation('val', 30))
   n = demo.NUM_CLASSES
   # Nearest class-mean colour.
   means = np.stack([x[y == c].mean(0) for c in range(n)])
@@ -109,7 +111,7 @@ def test_demo_per_pixel_colour_is_far_from_enough():
 
 
 def test_demo_generation_is_fast():
-  ds = demo.DemoSegmentation('train', 30)
+  ds = demo_data.DemoSegmentation('train', 30)
   ds[0]
   start = time.perf_counter()
   for i in range(30):
@@ -131,7 +133,7 @@ def test_demo_classification():
   val = demo.DemoClassification('val', 100, 32, seed=1)
   assert not np.array_equal(ex['image'], val[3]['image'])
   # A different stream from the segmentation images.
-  seg = demo.DemoSegmentation('train', 100, 32, seed=1)
+  seg = demo_data.DemoSegmentation('train', 100, 32, seed=1)
   assert not np.array_equal(ex['image'], seg[3]['image'])
   assert demo.DemoClassification.NUM_CLASSES == len(demo.DemoClassification.CLASS_NAMES) == 5
 
@@ -268,8 +270,8 @@ def _take(it, n):
 
 
 def test_seg_pipeline_batches_shapes_and_values():
-  src = demo.DemoSegmentation('train', 12, image_size=40)
-  ds = pipeline.make_seg_pipeline(src, batch_size=2, crop_size=(24, 32), resize_to=48,
+  src = demo_data.DemoSegmentation('train', 12, image_size=40)
+  ds = seg_pipeline.make_seg_pipeline(src, batch_size=2, crop_size=(24, 32), resize_to=48,
                                   scales=(0.75, 1.0), shard_by_process=False)
   for batch in _take(iter(ds), 3):
     chex.assert_shape(batch['image'], (2, 24, 32, 3))
@@ -280,27 +282,27 @@ def test_seg_pipeline_batches_shapes_and_values():
 
 
 def test_seg_pipeline_is_deterministic_and_resumes_exactly():
-  src = demo.DemoSegmentation('train', 16, image_size=32)
+  src = demo_data.DemoSegmentation('train', 16, image_size=32)
   kw = dict(batch_size=2, crop_size=24, scales=(0.75, 1.25), seed=5, shard_by_process=False)
-  it = iter(pipeline.make_seg_pipeline(src, **kw))
+  it = iter(seg_pipeline.make_seg_pipeline(src, **kw))
   first = _take(it, 3)
   state = it.get_state()
   rest = _take(it, 2)
-  again = _take(iter(pipeline.make_seg_pipeline(src, **kw)), 5)
+  again = _take(iter(seg_pipeline.make_seg_pipeline(src, **kw)), 5)
   for a, b in zip(first + rest, again):
     assert _same(a, b)
-  resumed = iter(pipeline.make_seg_pipeline(src, **kw))
+  resumed = iter(seg_pipeline.make_seg_pipeline(src, **kw))
   resumed.set_state(state)
   for a, b in zip(rest, _take(resumed, 2)):
     assert _same(a, b)
-  other = _take(iter(pipeline.make_seg_pipeline(src, **{**kw, 'seed': 6})), 3)
+  other = _take(iter(seg_pipeline.make_seg_pipeline(src, **{**kw, 'seed': 6})), 3)
   assert not all(_same(a, b) for a, b in zip(first, other))
 
 
 def test_seg_pipeline_epochs_shuffle_and_indices():
   src = IndexSource(20)
   indices = np.arange(2, 20, 2)  # 9 examples
-  ds = pipeline.make_seg_pipeline(src, indices=indices, batch_size=3, crop_size=8, flip=False,
+  ds = seg_pipeline.make_seg_pipeline(src, indices=indices, batch_size=3, crop_size=8, flip=False,
                                   num_epochs=2, seed=0, shard_by_process=False)
   batches = list(ds)
   assert len(batches) == 6
@@ -312,12 +314,12 @@ def test_seg_pipeline_epochs_shuffle_and_indices():
   for b in batches:
     np.testing.assert_array_equal(b['label'][:, 0, 0], np.array(_batch_ids(b)) % 7)
   # No shuffle: in order.
-  plain = list(pipeline.make_seg_pipeline(src, indices=indices, batch_size=3, crop_size=8,
+  plain = list(seg_pipeline.make_seg_pipeline(src, indices=indices, batch_size=3, crop_size=8,
                                           flip=False, shuffle=False, num_epochs=1,
                                           shard_by_process=False))
   assert [i for b in plain for i in _batch_ids(b)] == indices.tolist()
   with pytest.raises(IndexError, match='indices must lie in'):
-    pipeline.make_seg_pipeline(src, indices=[0, 20], batch_size=1, crop_size=8,
+    seg_pipeline.make_seg_pipeline(src, indices=[0, 20], batch_size=1, crop_size=8,
                                shard_by_process=False)
 
 
@@ -325,31 +327,31 @@ def test_seg_pipeline_shards_evenly_over_processes():
   src = IndexSource(23)
   shards = []
   for index in range(3):
-    ds = pipeline.make_seg_pipeline(src, batch_size=2, crop_size=8, num_epochs=1,
+    ds = seg_pipeline.make_seg_pipeline(src, batch_size=2, crop_size=8, num_epochs=1,
                                     shard_by_process=(index, 3))
     batches = list(ds)
     assert len(batches) == 3  # 23 -> 21 examples, 7 per process, 3 full batches each
     shards.append({i for b in batches for i in _batch_ids(b)})
   assert not (shards[0] & shards[1]) and not (shards[0] & shards[2]) and not (shards[1] & shards[2])
   # shard_by_process=True uses jax's process index and count (one process here).
-  ds = pipeline.make_seg_pipeline(src, batch_size=23, crop_size=8, num_epochs=1)
+  ds = seg_pipeline.make_seg_pipeline(src, batch_size=23, crop_size=8, num_epochs=1)
   assert sorted(_batch_ids(next(iter(ds)))) == list(range(23))
 
 
 def test_eval_pipeline_in_order_remainder_and_padding():
   src = IndexSource(7)
-  batches = list(pipeline.make_eval_pipeline(src, batch_size=3, shard_by_process=False))
+  batches = list(seg_pipeline.make_eval_pipeline(src, batch_size=3, shard_by_process=False))
   assert [len(b['label']) for b in batches] == [3, 3, 1]
   assert [i for b in batches for i in _batch_ids(b)] == list(range(7))
   np.testing.assert_array_equal(batches[2]['label'], np.full((1, 8, 8), 6 % 7))
   # Padded: 7 -> 12 (batch 3 x 2 processes); process 1 gets indices 1, 3, 5 and three pads.
-  padded = list(pipeline.make_eval_pipeline(src, batch_size=3, pad_remainder=True,
+  padded = list(seg_pipeline.make_eval_pipeline(src, batch_size=3, pad_remainder=True,
                                             shard_by_process=(1, 2)))
   assert [len(b['label']) for b in padded] == [3, 3]
   labels = np.concatenate([b['label'] for b in padded])
   np.testing.assert_array_equal(labels[:3, 0, 0], [1, 3, 5])
   np.testing.assert_array_equal(labels[3:], 255)
-  resized = next(iter(pipeline.make_eval_pipeline(src, batch_size=2, resize_to=(4, 6),
+  resized = next(iter(seg_pipeline.make_eval_pipeline(src, batch_size=2, resize_to=(4, 6),
                                                   shard_by_process=False)))
   chex.assert_shape(resized['image'], (2, 4, 6, 3))
   chex.assert_shape(resized['label'], (2, 4, 6))
@@ -371,15 +373,15 @@ def test_cls_pipeline():
 
 def test_seg_pipeline_workers_match_and_resume():
   """Spawned grain workers yield the same batches as in-process reading, and resume exactly."""
-  src = demo.DemoSegmentation('train', 16, image_size=32)
+  src = demo_data.DemoSegmentation('train', 16, image_size=32)
   kw = dict(batch_size=2, crop_size=24, seed=2, shard_by_process=False)
-  ref = _take(iter(pipeline.make_seg_pipeline(src, **kw)), 5)
-  it = iter(pipeline.make_seg_pipeline(src, worker_count=2, **kw))
+  ref = _take(iter(seg_pipeline.make_seg_pipeline(src, **kw)), 5)
+  it = iter(seg_pipeline.make_seg_pipeline(src, worker_count=2, **kw))
   got = _take(it, 3)
   state = it.get_state()
   got += _take(it, 2)
   it.close()
-  it = iter(pipeline.make_seg_pipeline(src, worker_count=2, **kw))
+  it = iter(seg_pipeline.make_seg_pipeline(src, worker_count=2, **kw))
   it.set_state(state)
   resumed = _take(it, 2)
   it.close()

@@ -1,4 +1,5 @@
-"""Tests of fna_jax.evaluation: confusion matrix and IoU, sliding windows, pictures, checks."""
+"""Tests of segmentation evaluation (fna_jax.tasks.seg: confusion matrix and IoU, sliding windows,
+pictures) and of fna_jax.runtime.checks."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fna_jax.data import cityscapes, demo
+from fna_jax.data import demo
 from fna_jax.data import transforms as T
-from fna_jax.evaluation import checks, inference, metrics, visualize
+from fna_jax.runtime import checks
+from fna_jax.tasks.seg import cityscapes, demo_data, inference, metrics, visualize
 from fna_jax.models.init import random_like, variable_shapes
-from fna_jax.train import mesh as mesh_lib
+from fna_jax.runtime import mesh as mesh_lib
 
 
 def _loop_confusion(labels, preds, c):
@@ -319,7 +321,7 @@ def test_unnormalize_inverts_the_pipeline_normalisation():
 
 
 def test_save_triptych_writes_the_three_panels(tmp_path):
-  ex = demo.DemoSegmentation('val', 1, image_size=24)[0]
+  ex = demo_data.DemoSegmentation('val', 1, image_size=24)[0]
   image = T.normalize(ex['image'])
   pred = np.where(ex['label'] == 255, 0, ex['label']).astype(np.int32)
   pred[:3] = 1

@@ -141,7 +141,7 @@ def test_gradients_with_batch_sharded_over_8_devices(n, groups, c_out, stride):
   (images i, i+q, ...) of the sharded batch axis, which XLA's SPMD partitioner mis-compiles when a
   slice holds one image (n == q): one image counted twice, another dropped.
   """
-  from fna_jax.train import mesh as mesh_lib
+  from fna_jax.runtime import mesh as mesh_lib
   x, kern = _inputs(n + groups, n, 9, 10, 4, (3, 3, 4 // groups, c_out))
 
   def loss(x, kern):

@@ -4,7 +4,7 @@
   stopped by SIGTERM after its first checkpoint past warm-up, exits 0 with a checkpoint; the
   same command then finishes with the architecture and alpha history of an uninterrupted run.
 * Two CPU processes of 2 devices each, joined by ``jax.distributed.initialize`` (through
-  ``fna_jax.train.loop.setup_runtime``), run weight and arch steps of a tiny supernet on a 4-device
+  ``fna_jax.runtime.loop.setup_runtime``), run weight and arch steps of a tiny supernet on a 4-device
   global mesh from process-local halves of each batch (``put_batch``) and end where one process
   with 4 devices ends (``tests/_multiprocess_worker.py`` is the per-process script).
 """
@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import _multiprocess_worker as worker
-from fna_jax.train import mesh as mesh_lib
+from fna_jax.runtime import mesh as mesh_lib
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,8 +11,8 @@ from configs import demo as demo_config
 from fna_jax import arch as arch_lib
 from fna_jax import models, seeds
 from fna_jax.models.init import init_variables
-from fna_jax.train import loop
-from fna_jax.train.checkpoint import RunCheckpoints
+from fna_jax.runtime import loop
+from fna_jax.runtime.checkpoint import RunCheckpoints
 from fna_jax.train.search_loop import run_search
 
 
@@ -100,6 +100,6 @@ def test_nan_loss_stops_with_last_good_checkpoint(tmp_path_factory):
 
 def test_missing_seed_checkpoint_says_how_to_convert(tmp_path_factory):
   c = tiny_config(tmp_path_factory, init='remap')
-  c.seed_net.pretrain = None
+  c.seed_net.pretrain.steps = 0
   with pytest.raises(FileNotFoundError, match='python -m weights_convert'):
     run_search(c, str(tmp_path_factory.mktemp('noseed')), log=lambda s: None)

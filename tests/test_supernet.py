@@ -10,12 +10,12 @@ from fna_jax import spaces
 from fna_jax.arch import Stem
 from fna_jax.models import Backbone
 from fna_jax.models import supernet as sn
-from fna_jax.models.heads import DeepLabV3Head
+from fna_jax.tasks.seg.heads import DeepLabV3Head
 from fna_jax.models.init import init_variables
-from fna_jax.models.segmentation import SegmentationNet
+from fna_jax.tasks.seg.network import SegmentationNet
 from fna_jax.spaces import SearchSpace, SpaceStage
 from fna_jax.tasks import seg
-from fna_jax.train import mesh as mesh_lib
+from fna_jax.runtime import mesh as mesh_lib
 from fna_jax.train import search
 
 OPS = ('k3_e3', 'k5_e6')
@@ -111,7 +111,7 @@ def _fns(space, model, variables, steps=10):
   table = search.cost_table(model, variables, space, (1, 16, 16, 3))
   sched = search.Schedule(total_steps=steps, warmup_steps=2, lr_warmup_steps=2)
   opt_w, _ = search.weight_optimizer(sched, lr=0.05)
-  return search.SearchFns(model, space, seg.cross_entropy, table, 5e-3, opt_w,
+  return search.SearchFns(model, space, seg.segmentation_loss, table, 5e-3, opt_w,
                           search.arch_optimizer(lr=0.05))
 
 

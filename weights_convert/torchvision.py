@@ -356,14 +356,14 @@ def logit_parity(arch: arch_lib.Arch | str, state_dict: Mapping[str, Any], varia
   """
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  from fna_jax import models  # pylint: disable=g-import-not-at-top
+  from fna_jax import models, ops  # pylint: disable=g-import-not-at-top
   arch = _as_arch(arch)
   num_classes = int(np.shape(variables['params']['classifier']['bias'])[0])
   model = torchvision_model(arch, state_dict, num_classes)
   x = np.random.default_rng(seed).standard_normal((batch, 3, size, size)).astype(np.float32)
   with torch.no_grad():
     ref = model(torch.from_numpy(x)).numpy()
-  net = models.build(arch, num_classes, impl=impl)
+  net = models.build(arch, num_classes, conv=ops.conv_module(impl))
   with jax.default_matmul_precision('highest'):
     got = jax.jit(lambda v, y: net.apply(v, y, train=False))(variables, x.transpose(0, 2, 3, 1))
   got = np.asarray(got)

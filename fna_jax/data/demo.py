@@ -44,9 +44,10 @@ from typing import Any
 
 import numpy as np
 
+from fna_jax.data.transforms import IGNORE_LABEL
+
 NUM_CLASSES = 6  # background + 5 shape classes
 CLASS_NAMES = ('background', 'disc', 'square', 'triangle', 'ring', 'cross')
-IGNORE_LABEL = 255
 
 NUM_SHAPE_CLASSES = NUM_CLASSES - 1
 SHAPE_CLASS_NAMES = CLASS_NAMES[1:]
@@ -57,7 +58,7 @@ _CLASSIFICATION_STREAM = 1000  # offset of the classification streams (different
 
 _TEXTURE = {1: 'plain', 2: 'stripes', 3: 'checker', 4: 'plain', 5: 'speckle'}
 # Radius multipliers that give every class about the same area (2.5 r^2) at the same radius.
-_SIZE_FACTOR = {1: 0.9, 2: 1.0, 3: 1.4, 4: 1.0, 5: 1.1}
+SIZE_FACTOR = {1: 0.9, 2: 1.0, 3: 1.4, 4: 1.0, 5: 1.1}
 
 
 def _split_id(split: str) -> int:
@@ -111,7 +112,7 @@ def _texture(cls: int, u: np.ndarray, v: np.ndarray, rng: np.random.Generator,
   return rng.integers(0, 2, size=u.shape).astype(np.float32) * 2 - 1
 
 
-def _background(rng: np.random.Generator, size: int, yy: np.ndarray,
+def background(rng: np.random.Generator, size: int, yy: np.ndarray,
                 xx: np.ndarray) -> np.ndarray:
   """Textured, noisy background, float32 (S, S, 3) in [0, 255]."""
   # Smooth low-saturation colour field: bilinear upsampling of a 4x4 grid.
@@ -140,7 +141,7 @@ def _background(rng: np.random.Generator, size: int, yy: np.ndarray,
   return field
 
 
-def _draw_shape(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator, cls: int,
+def draw_shape(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator, cls: int,
                 cy: float, cx: float, r: float, yy: np.ndarray, xx: np.ndarray) -> None:
   """Draws one shape in place on ``image`` (float32 (S,S,3)) and ``label`` (uint8 (S,S)).
 
@@ -176,38 +177,14 @@ def _draw_shape(image: np.ndarray, label: np.ndarray | None, rng: np.random.Gene
     lab[(cov > 0.25) & (cov < 0.75)] = IGNORE_LABEL
 
 
-def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+def grid(size: int) -> tuple[np.ndarray, np.ndarray]:
   yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
   return yy, xx
 
 
-def _finish(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def finish(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   image += rng.standard_normal(size=image.shape, dtype=np.float32) * 8.0
   return np.clip(np.rint(image), 0, 255).astype(np.uint8)
-
-
-def generate_segmentation_example(rng: np.random.Generator,
-                                  image_size: int = 64) -> dict[str, np.ndarray]:
-  """Draws one segmentation example from ``rng``.
-
-  Args:
-    rng: the example's generator (consumed).
-    image_size: side S of the square image, pixels (at least 16).
-
-  Returns:
-    ``{'image': uint8 (S, S, 3), 'label': uint8 (S, S)}``, labels in {0..5, 255}.
-  """
-  if image_size < 16:
-    raise ValueError(f'image_size must be at least 16, got {image_size}')
-  yy, xx = _grid(image_size)
-  image = _background(rng, image_size, yy, xx)
-  label = np.zeros((image_size, image_size), np.uint8)
-  for _ in range(rng.integers(3, 8)):
-    cls = int(rng.integers(1, NUM_CLASSES))
-    r = rng.uniform(0.12, 0.24) * image_size * _SIZE_FACTOR[cls]
-    cy, cx = rng.uniform(0.1, 0.9, size=2) * image_size
-    _draw_shape(image, label, rng, cls, cy, cx, r, yy, xx)
-  return {'image': _finish(image, rng), 'label': label}
 
 
 def generate_classification_example(rng: np.random.Generator,
@@ -223,21 +200,21 @@ def generate_classification_example(rng: np.random.Generator,
   """
   if image_size < 16:
     raise ValueError(f'image_size must be at least 16, got {image_size}')
-  yy, xx = _grid(image_size)
-  image = _background(rng, image_size, yy, xx)
+  yy, xx = grid(image_size)
+  image = background(rng, image_size, yy, xx)
   for _ in range(rng.integers(0, 4)):
     cls = int(rng.integers(1, NUM_CLASSES))
-    r = rng.uniform(0.06, 0.1) * image_size * _SIZE_FACTOR[cls]
+    r = rng.uniform(0.06, 0.1) * image_size * SIZE_FACTOR[cls]
     cy, cx = rng.uniform(0.1, 0.9, size=2) * image_size
-    _draw_shape(image, None, rng, cls, cy, cx, r, yy, xx)
+    draw_shape(image, None, rng, cls, cy, cx, r, yy, xx)
   cls = int(rng.integers(1, NUM_CLASSES))
-  r = rng.uniform(0.25, 0.33) * image_size * _SIZE_FACTOR[cls]
+  r = rng.uniform(0.25, 0.33) * image_size * SIZE_FACTOR[cls]
   cy, cx = rng.uniform(0.35, 0.65, size=2) * image_size
-  _draw_shape(image, None, rng, cls, cy, cx, r, yy, xx)
-  return {'image': _finish(image, rng), 'label': cls - 1}
+  draw_shape(image, None, rng, cls, cy, cx, r, yy, xx)
+  return {'image': finish(image, rng), 'label': cls - 1}
 
 
-class _DemoSource:
+class DemoSource:
   """Random-access source base: ``len`` and integer indexing, picklable (plain attributes)."""
 
   _stream_offset = 0
@@ -270,29 +247,7 @@ class _DemoSource:
             f'image_size={self.image_size}, seed={self.seed})')
 
 
-class DemoSegmentation(_DemoSource):
-  """Synthetic shapes segmentation (see the module docstring).
-
-  ``ds[i]`` is ``{'image': uint8 (S, S, 3), 'label': uint8 (S, S)}`` with labels in
-  ``{0, ..., NUM_CLASSES - 1, 255}``; a pure function of ``(seed, split, i)``.
-
-  Args:
-    split: ``'train'``, ``'val'`` (alias ``'validation'``) or ``'test'``; splits hold different
-      images.
-    num_examples: length of the split.
-    image_size: side S of the square images, pixels.
-    seed: base seed of the whole dataset.
-  """
-
-  NUM_CLASSES = NUM_CLASSES
-  CLASS_NAMES = CLASS_NAMES
-  IGNORE_LABEL = IGNORE_LABEL
-
-  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    return generate_segmentation_example(self._rng(index), self.image_size)
-
-
-class DemoClassification(_DemoSource):
+class DemoClassification(DemoSource):
   """Synthetic shapes classification (see the module docstring), for seed pretraining.
 
   ``ds[i]`` is ``{'image': uint8 (S, S, 3), 'label': int}`` with the label in ``0..4`` (the class

@@ -1,10 +1,10 @@
-"""grain input pipelines feeding the segmentation search, fine-tuning and evaluation.
+"""grain input pipelines: what every task's training and evaluation input shares.
 
-A pipeline is a ``grain.IterDataset``; ``it = iter(pipeline)`` yields host-local numpy batches
-
-* segmentation: ``{'image': float32 (B, h, w, 3), 'label': int32 (B, h, w)}``, images
-  ImageNet-normalised RGB, labels class ids with 255 = ignore;
-* classification: ``{'image': float32 (B, S, S, 3), 'label': int32 (B,)}``.
+A pipeline is a ``grain.IterDataset``; ``it = iter(pipeline)`` yields host-local numpy batches of
+dicts (images ``float32 (B, h, w, 3)``, ImageNet-normalised RGB).  Tasks build theirs from
+:func:`train_dataset` / :func:`eval_dataset` + :func:`iter_dataset` with their own per-example
+transform (segmentation: :mod:`fna_jax.tasks.seg.pipeline`); :func:`make_cls_pipeline` is the
+classification pipeline (``'label': int32 (B,)``) of the demo seed's pretraining.
 
 Determinism and resume.  Everything random is drawn from ``seed``: the shuffle order of each epoch
 and every augmentation (grain seeds each example's ``np.random.Generator`` from the pipeline seed
@@ -38,7 +38,7 @@ import numpy as np
 
 from fna_jax.data import transforms as T
 
-IGNORE_LABEL = T.IGNORE_LABEL
+IGNORE_LABEL = T.IGNORE_LABEL  # the label of every padding example (counts in no metric)
 _PAD = -1  # index marker of an eval padding example
 
 
@@ -104,45 +104,6 @@ class IndexedSource:
 
 
 @dataclasses.dataclass(frozen=True)
-class SegTrainTransform(grain.transforms.RandomMap):
-  """resize -> random scale -> random crop (pad 0 / 255) -> random flip -> normalize.
-
-  Attributes:
-    crop_size: (height, width) of the output, pixels.
-    resize_to: fixed (height, width) every image is first resized to (search: 512x1024), or None.
-    scales: random scale factors (fine-tuning: :data:`transforms.FINETUNE_SCALES`), or None.
-    flip: random left-right flip with probability 1/2.
-  """
-  crop_size: tuple[int, int]
-  resize_to: tuple[int, int] | None = None
-  scales: tuple[float, ...] | None = None
-  flip: bool = True
-
-  def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    image, label = np.asarray(element['image']), np.asarray(element['label'])
-    if self.resize_to is not None:
-      image, label = T.resize(image, label, self.resize_to)
-    if self.scales is not None:
-      image, label = T.random_scale(image, label, rng, self.scales)
-    image, label = T.random_crop(image, label, rng, self.crop_size)
-    if self.flip:
-      image, label = T.random_flip(image, label, rng)
-    return {'image': T.normalize(image), 'label': label.astype(np.int32)}
-
-
-@dataclasses.dataclass(frozen=True)
-class SegEvalTransform(grain.transforms.Map):
-  """Optional resize (image bilinear, label nearest) -> normalize; no randomness."""
-  resize_to: tuple[int, int] | None = None
-
-  def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
-    image, label = np.asarray(element['image']), np.asarray(element['label'])
-    if self.resize_to is not None:
-      image, label = T.resize(image, label, self.resize_to)
-    return {'image': T.normalize(image), 'label': label.astype(np.int32)}
-
-
-@dataclasses.dataclass(frozen=True)
 class ClsTransform(grain.transforms.RandomMap):
   """Classification: optional random flip -> normalize; integer label -> int32."""
   flip: bool = True
@@ -154,13 +115,13 @@ class ClsTransform(grain.transforms.RandomMap):
     return {'image': T.normalize(image), 'label': np.int32(element['label'])}
 
 
-def _pair(size: int | Sequence[int] | None, what: str) -> tuple[int, int] | None:
+def pair(size: int | Sequence[int] | None, what: str) -> tuple[int, int] | None:
   if size is None:
     return None
   return T._hw(size, what)  # pylint: disable=protected-access
 
 
-def _shard_spec(shard_by_process: bool | tuple[int, int]) -> tuple[int, int]:
+def shard_spec(shard_by_process: bool | tuple[int, int]) -> tuple[int, int]:
   """(index, count) of this process's shard."""
   if shard_by_process is False:
     return 0, 1
@@ -174,7 +135,7 @@ def _shard_spec(shard_by_process: bool | tuple[int, int]) -> tuple[int, int]:
   return index, count
 
 
-def _base_indices(source: Any, indices: Sequence[int] | np.ndarray | None) -> np.ndarray:
+def base_indices(source: Any, indices: Sequence[int] | np.ndarray | None) -> np.ndarray:
   n = len(source)
   if indices is None:
     return np.arange(n, dtype=np.int64)
@@ -192,7 +153,7 @@ def shard_indices(indices: np.ndarray, index: int, count: int, *, even: bool) ->
   return indices[index::count]
 
 
-def _iter_dataset(ds: grain.MapDataset, worker_count: int, read_threads: int,
+def iter_dataset(ds: grain.MapDataset, worker_count: int, read_threads: int,
                   prefetch_batches: int) -> grain.IterDataset:
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                             prefetch_buffer_size=prefetch_batches))
@@ -205,15 +166,15 @@ def _iter_dataset(ds: grain.MapDataset, worker_count: int, read_threads: int,
   return it
 
 
-def _train_dataset(source: Any, indices: Any, batch_size: int, transform: Any, shuffle: bool,
+def train_dataset(source: Any, indices: Any, batch_size: int, transform: Any, shuffle: bool,
                    seed: int, num_epochs: int | None,
                    shard_by_process: bool | tuple[int, int]) -> grain.MapDataset:
   if batch_size <= 0:
     raise ValueError(f'batch_size must be positive, got {batch_size}')
   if num_epochs is not None and num_epochs <= 0:
     raise ValueError(f'num_epochs must be positive or None (forever), got {num_epochs}')
-  index, count = _shard_spec(shard_by_process)
-  idx = shard_indices(_base_indices(source, indices), index, count, even=True)
+  index, count = shard_spec(shard_by_process)
+  idx = shard_indices(base_indices(source, indices), index, count, even=True)
   if len(idx) < batch_size:
     raise ValueError(f'process shard {index}/{count} holds {len(idx)} examples of {source!r}, '
                      f'fewer than batch_size={batch_size}')
@@ -225,84 +186,19 @@ def _train_dataset(source: Any, indices: Any, batch_size: int, transform: Any, s
   return ds.batch(batch_size, drop_remainder=True)
 
 
-def make_seg_pipeline(source: Any, *, indices: Sequence[int] | np.ndarray | None = None,
-                      batch_size: int, crop_size: int | Sequence[int],
-                      resize_to: int | Sequence[int] | None = None,
-                      scales: Sequence[float] | None = None, flip: bool = True,
-                      shuffle: bool = True, seed: int = 0, num_epochs: int | None = None,
-                      worker_count: int = 0, shard_by_process: bool | tuple[int, int] = True,
-                      read_threads: int = 4, prefetch_batches: int = 4) -> grain.IterDataset:
-  """Training pipeline for segmentation (search: resize + crop + flip; fine-tuning: + scales).
+def eval_dataset(source: Any, indices: Sequence[int] | np.ndarray | None, batch_size: int,
+                 transform: Any, pad_remainder: bool,
+                 shard_by_process: bool | tuple[int, int]) -> grain.MapDataset:
+  """Every example of ``indices`` once, in order, through ``transform``, batched.
 
-  Per example: ``resize_to`` (bilinear / nearest) -> random scale from ``scales`` -> random
-  ``crop_size`` crop (padded with 0 / 255 when smaller) -> random flip -> normalize.  Examples are
-  shuffled per epoch (shuffle then repeat), batches never mix sizes and the last incomplete batch
-  is dropped.
-
-  Args:
-    source: random access ``{'image': uint8 (H, W, 3), 'label': uint8 (H, W)}`` examples
-      (:class:`~fna_jax.data.cityscapes.CityscapesSource`,
-      :class:`~fna_jax.data.demo.DemoSegmentation`).
-    indices: source indices to use (e.g. a half of :func:`split_train_arch`); default all.
-    batch_size: examples per batch on this process.
-    crop_size: (height, width) of the training crops, or one int.
-    resize_to: (height, width) every image is resized to first (search: (512, 1024)), or None.
-    scales: random rescaling factors (fine-tuning: ``transforms.FINETUNE_SCALES``), or None.
-    flip: random left-right flips.
-    shuffle: shuffle the examples (a new order every epoch).
-    seed: seed of the shuffle and the augmentations.
-    num_epochs: passes over the data, None for an endless stream.
-    worker_count: grain worker processes (0: read in this process with ``read_threads`` threads).
-    shard_by_process: True: shard over ``jax.process_index()/process_count()``; False: no
-      sharding; ``(index, count)``: that shard.
-    read_threads: threads reading and transforming batches (per worker when ``worker_count > 0``).
-    prefetch_batches: batches read ahead per reading process.
-
-  Returns:
-    A ``grain.IterDataset`` of ``{'image': float32 (B, h, w, 3), 'label': int32 (B, h, w)}``.
-  """
-  transform = SegTrainTransform(crop_size=_pair(crop_size, 'crop_size'),
-                                resize_to=_pair(resize_to, 'resize_to'),
-                                scales=None if scales is None else tuple(float(s) for s in scales),
-                                flip=bool(flip))
-  ds = _train_dataset(source, indices, batch_size, transform, shuffle, seed, num_epochs,
-                      shard_by_process)
-  return _iter_dataset(ds, worker_count, read_threads, prefetch_batches)
-
-
-def make_eval_pipeline(source: Any, *, indices: Sequence[int] | np.ndarray | None = None,
-                       batch_size: int, resize_to: int | Sequence[int] | None = None,
-                       pad_remainder: bool = False, worker_count: int = 0,
-                       shard_by_process: bool | tuple[int, int] = True, read_threads: int = 4,
-                       prefetch_batches: int = 4) -> grain.IterDataset:
-  """Evaluation pipeline: every example once, in order, no random ops.
-
-  Images are used whole (all examples of a batch must then share a size, as Cityscapes' do) or
-  resized to ``resize_to`` (labels by nearest neighbour, so metrics are then computed at that
-  resolution).  Each ``iter()`` starts from the beginning.
-
-  Args:
-    source: random access ``{'image', 'label'}`` examples.
-    indices: source indices to evaluate; default all.
-    batch_size: examples per batch on this process.
-    resize_to: (height, width) to resize to, or None for full images.
-    pad_remainder: False keeps a smaller last batch (and, with several processes, shards of
-      unequal length).  True pads the index list to a multiple of ``batch_size * process_count``
-      with copies of the first example whose labels are all 255: every batch is full, every
-      process yields the same number of batches, and the padding adds nothing to an
-      ignore-aware metric.
-    worker_count: grain worker processes (0: this process).
-    shard_by_process: as in :func:`make_seg_pipeline`.
-    read_threads: threads reading batches (per worker when ``worker_count > 0``).
-    prefetch_batches: batches read ahead per reading process.
-
-  Returns:
-    A ``grain.IterDataset`` of ``{'image': float32 (B, h, w, 3), 'label': int32 (B, h, w)}``.
+  ``pad_remainder`` pads the index list to a multiple of ``batch_size * process_count`` with
+  padding examples (:class:`IndexedSource`), so every batch is full and every process yields the
+  same number of batches; a smaller last batch is kept otherwise.
   """
   if batch_size <= 0:
     raise ValueError(f'batch_size must be positive, got {batch_size}')
-  index, count = _shard_spec(shard_by_process)
-  idx = _base_indices(source, indices)
+  index, count = shard_spec(shard_by_process)
+  idx = base_indices(source, indices)
   if len(idx) == 0:
     raise ValueError(f'no examples to evaluate in {source!r}')
   pad_from = int(idx[0])
@@ -311,9 +207,7 @@ def make_eval_pipeline(source: Any, *, indices: Sequence[int] | np.ndarray | Non
     idx = np.concatenate([idx, np.full(total - len(idx), _PAD, np.int64)])
   idx = shard_indices(idx, index, count, even=False)
   ds = grain.MapDataset.source(IndexedSource(source, idx, pad_from=pad_from))
-  ds = ds.map(SegEvalTransform(resize_to=_pair(resize_to, 'resize_to')))
-  ds = ds.batch(batch_size, drop_remainder=False)
-  return _iter_dataset(ds, worker_count, read_threads, prefetch_batches)
+  return ds.map(transform).batch(batch_size, drop_remainder=False)
 
 
 def make_cls_pipeline(source: Any, *, indices: Sequence[int] | np.ndarray | None = None,
@@ -346,8 +240,8 @@ def make_cls_pipeline(source: Any, *, indices: Sequence[int] | np.ndarray | None
     raise ValueError(f'batch_size must be positive, got {batch_size}')
   if num_epochs is not None and num_epochs <= 0:
     raise ValueError(f'num_epochs must be positive or None (forever), got {num_epochs}')
-  index, count = _shard_spec(shard_by_process)
-  idx = shard_indices(_base_indices(source, indices), index, count, even=drop_remainder)
+  index, count = shard_spec(shard_by_process)
+  idx = shard_indices(base_indices(source, indices), index, count, even=drop_remainder)
   if drop_remainder and len(idx) < batch_size:
     raise ValueError(f'process shard {index}/{count} holds {len(idx)} examples of {source!r}, '
                      f'fewer than batch_size={batch_size}')
@@ -357,4 +251,4 @@ def make_cls_pipeline(source: Any, *, indices: Sequence[int] | np.ndarray | None
   ds = ds.repeat(num_epochs)
   ds = ds.random_map(ClsTransform(flip=bool(flip)))
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-  return _iter_dataset(ds, worker_count, read_threads, prefetch_batches)
+  return iter_dataset(ds, worker_count, read_threads, prefetch_batches)

@@ -7,9 +7,9 @@ Sizes are ``(height, width)`` in pixels.
 
 Used by :mod:`fna_jax.data.pipeline`:
 
-* search (SPEC section 4, paper Sec. 4.1.1): :func:`resize` to 512x1024, :func:`random_crop`
+* search (paper Sec. 4.1.1): :func:`resize` to 512x1024, :func:`random_crop`
   321x321, :func:`random_flip`, :func:`normalize`;
-* fine-tuning (SPEC section 5): :func:`random_scale` with :data:`FINETUNE_SCALES`, crop 769x769,
+* fine-tuning (paper Sec. 4.1.1): :func:`random_scale` with :data:`FINETUNE_SCALES`, crop 769x769,
   flip, normalize.
 """
 

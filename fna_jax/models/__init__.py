@@ -6,17 +6,19 @@
 
 from fna_jax.models.backbone import Backbone, Classifier, Stage
 from fna_jax.models.blocks import BasicBlock, Bottleneck, MBConv, make_block
+from fna_jax.ops import Conv
 
 
-def build(arch, num_classes: int = 1000, impl: str | None = None) -> Classifier:
+def build(arch, num_classes: int = 1000, conv=Conv) -> Classifier:
   """The linen classifier for ``arch`` (an :class:`~fna_jax.arch.Arch` or a seed name).
 
   Use as ``variables = module.init(rng, x, train=False)``; ``x`` is ``(N, H, W, 3)`` float32.
+  ``conv``: the convolution module (:func:`fna_jax.ops.conv_module` fixes its implementation).
   """
   from fna_jax import arch as arch_lib
   if isinstance(arch, str):
     arch = arch_lib.seed(arch)
-  return Classifier(arch, num_classes, impl)
+  return Classifier(arch, num_classes, conv)
 
 
 __all__ = ['Backbone', 'BasicBlock', 'Bottleneck', 'Classifier', 'MBConv', 'Stage', 'build',

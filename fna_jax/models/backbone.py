@@ -12,6 +12,8 @@ Skip layers own nothing and have no entry.
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -30,7 +32,7 @@ class Stage(nn.Module):
   """The layers of one stage, applied in order (``skip`` layers are the identity)."""
   family: str
   stage: arch_lib.Stage
-  impl: str | None = None
+  conv: Any = Conv  # ops.Conv or ops.conv_module(impl)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -38,7 +40,7 @@ class Stage(nn.Module):
     for j, op in enumerate(st.ops):
       c_in, c_out, stride = st.layer_io(j)
       block = make_block(self.family, op, c_in, c_out, stride, st.dilation, f'layer{j}',
-                         self.impl)
+                         self.conv)
       if block is not None:
         x = block(x, train)
     return x
@@ -52,33 +54,33 @@ class Backbone(nn.Module):
   ``'out'`` is the final one.  Strides: ``arch.stage_output_strides()``.
   """
   arch: arch_lib.Arch
-  impl: str | None = None
+  conv: Any = Conv  # ops.Conv or ops.conv_module(impl)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     a = self.arch
     feats = {}
-    x = feats['stem'] = stem(a.family, a.stem, x, train, self.impl)
+    x = feats['stem'] = stem(a.family, a.stem, x, train, self.conv)
     for i, st in enumerate(a.stages):
-      x = feats[f'stage{i}'] = Stage(a.family, st, self.impl, name=f'stage{i}')(x, train)
+      x = feats[f'stage{i}'] = Stage(a.family, st, self.conv, name=f'stage{i}')(x, train)
     if a.last_channels:
-      x = feats['last'] = last_conv(a.family, a.last_channels, x, train, self.impl)
+      x = feats['last'] = last_conv(a.family, a.last_channels, x, train, self.conv)
     feats['out'] = x
     return feats
 
 
-def stem(family: str, s: arch_lib.Stem, x, train: bool, impl: str | None):
+def stem(family: str, s: arch_lib.Stem, x, train: bool, conv: Any = Conv):
   """``stem_conv`` -> ``stem_bn`` -> activation [-> 3x3/2 max-pool]; call inside a compact module."""
-  x = Conv(s.channels, s.kernel, s.stride, impl=impl, name='stem_conv')(x)
+  x = conv(s.channels, s.kernel, s.stride, name='stem_conv')(x)
   x = activation(family)(batch_norm(train, 'stem_bn')(x))
   if s.max_pool:
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
   return x
 
 
-def last_conv(family: str, channels: int, x, train: bool, impl: str | None):
+def last_conv(family: str, channels: int, x, train: bool, conv: Any = Conv):
   """``last_conv`` (1x1) -> ``last_bn`` -> activation; call inside a compact module."""
-  x = Conv(channels, 1, impl=impl, name='last_conv')(x)
+  x = conv(channels, 1, name='last_conv')(x)
   return activation(family)(batch_norm(train, 'last_bn')(x))
 
 
@@ -90,11 +92,11 @@ class Classifier(nn.Module):
   """
   arch: arch_lib.Arch
   num_classes: int = 1000
-  impl: str | None = None
+  conv: Any = Conv  # ops.Conv or ops.conv_module(impl)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    feats = Backbone(self.arch, self.impl, name='backbone')(x, train)
+    feats = Backbone(self.arch, self.conv, name='backbone')(x, train)
     h = jnp.mean(feats['out'], axis=(1, 2))
     if self.arch.family == arch_lib.MBCONV:
       h = nn.Dropout(0.2, deterministic=not train)(h)

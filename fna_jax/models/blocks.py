@@ -16,7 +16,7 @@ All blocks take and return NHWC float arrays and a ``train`` flag that selects b
 
 from __future__ import annotations
 
-import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -46,11 +46,11 @@ class MBConv(nn.Module):
   expansion: int
   stride: int = 1
   dilation: int = 1
-  impl: str | None = None
+  conv: Any = Conv  # ops.Conv or ops.conv_module(impl)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = functools.partial(Conv, impl=self.impl)
+    conv = self.conv
     hidden = self.c_in * self.expansion
     h = x
     if self.expansion != 1:
@@ -73,11 +73,11 @@ class BasicBlock(nn.Module):
   groups: int = 1
   stride: int = 1
   dilation: int = 1
-  impl: str | None = None
+  conv: Any = Conv  # ops.Conv or ops.conv_module(impl)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = functools.partial(Conv, impl=self.impl)
+    conv = self.conv
     h = conv(self.c_out, self.kernel, self.stride, self.dilation, self.groups, name='conv1')(x)
     h = jax.nn.relu(batch_norm(train, 'bn1')(h))
     h = conv(self.c_out, 3, 1, self.dilation, name='conv2')(h)
@@ -100,11 +100,11 @@ class Bottleneck(nn.Module):
   groups: int = 1
   stride: int = 1
   dilation: int = 1
-  impl: str | None = None
+  conv: Any = Conv  # ops.Conv or ops.conv_module(impl)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = functools.partial(Conv, impl=self.impl)
+    conv = self.conv
     width = self.c_out // arch_lib.BOTTLENECK_EXPANSION
     h = conv(width, 1, name='conv1')(x)
     h = jax.nn.relu(batch_norm(train, 'bn1')(h))
@@ -120,12 +120,12 @@ class Bottleneck(nn.Module):
 
 
 def make_block(family: str, op_name: str, c_in: int, c_out: int, stride: int, dilation: int,
-               name: str, impl: str | None = None) -> nn.Module | None:
+               name: str, conv: Any = Conv) -> nn.Module | None:
   """The block for one layer of an architecture; ``None`` for ``skip`` (identity)."""
   op = arch_lib.parse_op(op_name)
   if op.is_skip:
     return None
   if family == arch_lib.MBCONV:
-    return MBConv(c_in, c_out, op.kernel, op.expansion, stride, dilation, impl=impl, name=name)
+    return MBConv(c_in, c_out, op.kernel, op.expansion, stride, dilation, conv=conv, name=name)
   cls = BasicBlock if family == arch_lib.RESNET_BASIC else Bottleneck
-  return cls(c_in, c_out, op.kernel, op.groups, stride, dilation, impl=impl, name=name)
+  return cls(c_in, c_out, op.kernel, op.groups, stride, dilation, conv=conv, name=name)

@@ -1,4 +1,4 @@
-"""The supernet of a search space and its mixed op (paper Eq. 7; SPEC section 4).
+"""The supernet of a search space and its mixed op (paper Sec. 3.2.2, Eq. 7).
 
 Every searched layer is a :class:`MixedLayer` that owns one block per candidate op (``skip`` owns
 nothing), so parameter paths read ``backbone/stage{i}/layer{j}/{op}/...``.  Fixed layers (one
@@ -22,6 +22,8 @@ BatchNorm statistics and affine parameters live in every op and are trained in t
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -29,6 +31,7 @@ import numpy as np
 
 from fna_jax.models.backbone import last_conv, stem
 from fna_jax.models.blocks import make_block
+from fna_jax.ops import Conv
 from fna_jax.spaces import SearchSpace, SpaceStage
 
 
@@ -42,7 +45,7 @@ def candidate_mask(space: SearchSpace) -> np.ndarray:
 
 
 def init_alphas(key: jax.Array, space: SearchSpace, scale: float = 1e-3) -> jax.Array:
-  """Architecture parameters ``(L, K)`` float32, ``scale * N(0, 1)`` (SPEC: 1e-3)."""
+  """Architecture parameters ``(L, K)`` float32, ``scale * N(0, 1)`` (scale 1e-3, as the authors' release)."""
   return scale * jax.random.normal(key, (space.num_searched, space.max_candidates), jnp.float32)
 
 
@@ -84,7 +87,7 @@ class MixedLayer(nn.Module):
   c_out: int
   stride: int = 1
   dilation: int = 1
-  impl: str | None = None
+  conv: Any = Conv  # ops.Conv or ops.conv_module(impl)
 
   @nn.compact
   def __call__(self, x, train: bool = False, index=None, weights=None):
@@ -92,7 +95,7 @@ class MixedLayer(nn.Module):
       def run(mdl, x):
         del mdl  # submodules are created in this module's scope by name
         block = make_block(self.family, op, self.c_in, self.c_out, self.stride, self.dilation,
-                           name=op, impl=self.impl)
+                           name=op, conv=self.conv)
         return x if block is None else block(x, train)
       return run
 
@@ -114,7 +117,7 @@ class SuperStage(nn.Module):
   """The layers of one stage of a search space; searched layers are :class:`MixedLayer`."""
   family: str
   stage: SpaceStage
-  impl: str | None = None
+  conv: Any = Conv  # ops.Conv or ops.conv_module(impl)
 
   @nn.compact
   def __call__(self, x, train: bool = False, path=None, weights=None):
@@ -125,9 +128,9 @@ class SuperStage(nn.Module):
           st.c_out, st.c_out, 1)
       if len(cands) == 1:
         x = make_block(self.family, cands[0], c_in, c_out, stride, st.dilation, f'layer{j}',
-                       self.impl)(x, train)
+                       self.conv)(x, train)
         continue
-      layer = MixedLayer(self.family, cands, c_in, c_out, stride, st.dilation, self.impl,
+      layer = MixedLayer(self.family, cands, c_in, c_out, stride, st.dilation, self.conv,
                          name=f'layer{j}')
       x = layer(x, train,
                 index=None if path is None else path[k],
@@ -145,22 +148,22 @@ class Supernet(nn.Module):
   one; ``init`` needs neither.
   """
   space: SearchSpace
-  impl: str | None = None
+  conv: Any = Conv  # ops.Conv or ops.conv_module(impl)
 
   @nn.compact
   def __call__(self, x, train: bool = False, path=None, op_weights=None):
     sp = self.space
     feats = {}
-    x = feats['stem'] = stem(sp.family, sp.stem, x, train, self.impl)
+    x = feats['stem'] = stem(sp.family, sp.stem, x, train, self.conv)
     k = 0
     for i, st in enumerate(sp.stages):
       n = sum(1 for c in st.candidates if len(c) > 1)
-      x = SuperStage(sp.family, st, self.impl, name=f'stage{i}')(
+      x = SuperStage(sp.family, st, self.conv, name=f'stage{i}')(
           x, train, None if path is None else path[k:k + n],
           None if op_weights is None else op_weights[k:k + n])
       feats[f'stage{i}'] = x
       k += n
     if sp.last_channels:
-      x = feats['last'] = last_conv(sp.family, sp.last_channels, x, train, self.impl)
+      x = feats['last'] = last_conv(sp.family, sp.last_channels, x, train, self.conv)
     feats['out'] = x
     return feats

@@ -1,4 +1,4 @@
-"""Parameter remapping (FNA++ Sec. 3.1 and 4.9; SPEC section 2).
+"""Parameter remapping (paper Sec. 3.1 and 4.9).
 
 :mod:`fna_jax.remap.rules` holds the array-level rules (depth, width, BN, kernel, groups,
 importance); :mod:`fna_jax.remap.tree` applies them to whole networks (:func:`remap_variables`),

@@ -1,4 +1,4 @@
-"""Array-level parameter-remapping rules (FNA++ Sec. 3.1 and 4.9; SPEC section 2).
+"""Array-level parameter-remapping rules (paper Sec. 3.1 and 4.9).
 
 Each rule maps one seed array to the shape a new network needs.  All rules are pure ``jnp``
 functions whose output shapes depend only on static Python arguments (sizes, kernel sizes, group

@@ -1,4 +1,4 @@
-"""Remapping into and out of a supernet (FNA++ Sec. 3.2; SPEC section 2).
+"""Remapping into and out of a supernet (paper Sec. 3.2.1 and 3.2.3).
 
 * :func:`seed_to_supernet`: every candidate op of a searched layer is remapped from the *same* seed
   layer (depth rule, then width/kernel rules per op); stem, fixed layers and the last conv come

@@ -1,4 +1,4 @@
-"""Parameter remapping between whole networks (FNA++ Sec. 3.1, SPEC section 2).
+"""Parameter remapping between whole networks (paper Sec. 3.1).
 
 :func:`remap_variables` maps the variables of a network built by :mod:`fna_jax.models` for one
 :class:`~fna_jax.arch.Arch` (the seed, or any other architecture of the same family) to the

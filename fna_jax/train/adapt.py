@@ -1,4 +1,4 @@
-"""Parameter adaptation (SPEC section 5): initial weights, BN recalibration, the fine-tuning step.
+"""Parameter adaptation (paper Sec. 3.2.3, 4.1.1): initial weights, BN recalibration, the fine-tuning step.
 
 FNA++ fine-tunes the derived architecture ``Arch_t`` on the target task, starting from weights
 remapped from the searched supernet (``init='supernet'``, FNA++), from the seed network
@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +23,7 @@ from fna_jax import arch as arch_lib
 from fna_jax.models.blocks import BN_MOMENTUM
 from fna_jax.remap import remap_variables, supernet_to_arch
 from fna_jax.spaces import SearchSpace
-from fna_jax.train import mesh as mesh_lib
+from fna_jax.runtime import mesh as mesh_lib
 
 INITS = ('supernet', 'seed', 'random')
 
@@ -132,49 +131,6 @@ def finetune_optimizer(lr_fn: optax.Schedule, momentum: float = 0.9,
   """SGD with momentum and (coupled, as torch's) weight decay."""
   return optax.chain(optax.add_decayed_weights(weight_decay),
                      optax.sgd(lr_fn, momentum=momentum))
-
-
-@flax.struct.dataclass
-class AdaptState:
-  """Fine-tuning state (a pytree; checkpointed whole)."""
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  opt: Any
-  rng: jax.Array
-
-
-def init_state(tx: optax.GradientTransformation, variables, rng) -> AdaptState:
-  return AdaptState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                    batch_stats=variables['batch_stats'], opt=tx.init(variables['params']),
-                    rng=rng)
-
-
-def train_step(model, tx, loss_fn, state: AdaptState, batch):
-  """One SGD step on ``batch`` (``{'image': (B, H, W, 3), 'label': (B, H, W)}``).
-
-  Returns ``(new_state, {'loss': scalar})``.
-  """
-  rng, k_drop = jax.random.split(state.rng)
-
-  def loss(params):
-    logits, new = model.apply({'params': params, 'batch_stats': state.batch_stats},
-                              batch['image'], True, rngs={'dropout': k_drop},
-                              mutable=['batch_stats'])
-    return loss_fn(logits, batch['label']), new['batch_stats']
-
-  (value, batch_stats), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
-  updates, opt = tx.update(grads, state.opt, state.params)
-  new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                      batch_stats=batch_stats, opt=opt, rng=rng)
-  return new, {'loss': value}
-
-
-def jit_train_step(model, tx, loss_fn, mesh):
-  """:func:`train_step` compiled for ``mesh``: state replicated (donated), batch on ``'data'``."""
-  rep, data = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
-  return jax.jit(lambda s, b: train_step(model, tx, loss_fn, s, b), in_shardings=(rep, data),
-                 out_shardings=(rep, rep), donate_argnums=0)
 
 
 def jit_bn_forward(model, mesh):

@@ -11,7 +11,7 @@
 4. fine-tunes with SGD (linear warm-up, poly decay) on random-scale crops and flips, with the same
    sharding, checkpoint/resume, NaN guard and progress lines as the search;
 5. writes, in ``workdir``: ``arch.json``, ``model/`` (the fine-tuned variables with the settings to
-   rebuild the network, :func:`fna_jax.train.checkpoint.save_variables`) and ``summary.json``
+   rebuild the network, :func:`fna_jax.runtime.checkpoint.save_variables`) and ``summary.json``
    (init, steps, Params, MAdds, wall time).
 """
 
@@ -26,16 +26,14 @@ import jax
 import numpy as np
 
 from fna_jax import arch as arch_lib
+from fna_jax import build, spaces
 from fna_jax import cost as cost_lib
-from fna_jax import spaces
-from fna_jax.data import pipeline
-from fna_jax.models import Backbone
 from fna_jax.models.init import random_like, variable_shapes
-from fna_jax.tasks import seg
-from fna_jax.train import adapt, loop
-from fna_jax.train import mesh as mesh_lib
-from fna_jax.train.checkpoint import RunCheckpoints, load_variables, save_variables
-from fna_jax.train.search_loop import get_seed, make_sources, train_size
+from fna_jax.runtime import loop
+from fna_jax.runtime import mesh as mesh_lib
+from fna_jax.runtime import steps as steps_lib
+from fna_jax.runtime.checkpoint import RunCheckpoints, load_variables, save_variables
+from fna_jax.train import adapt
 
 
 def read_search(search_dir: str) -> tuple[arch_lib.Arch, list]:
@@ -55,16 +53,7 @@ def read_search(search_dir: str) -> tuple[arch_lib.Arch, list]:
 
 def build_network(arch: arch_lib.Arch, config, frozen_bn: bool = False):
   """The derived task network: ``Backbone(arch)`` + the head ``config.adapt.head``."""
-  return seg.make_network(Backbone(arch, impl=config.get('conv_impl') or None), config,
-                          head=config.adapt.head, frozen_bn=frozen_bn)
-
-
-def network_meta(arch: arch_lib.Arch, config) -> dict:
-  """What :func:`network_from_meta` needs to rebuild the network (stored with the weights)."""
-  return {'arch': arch.to_dict(), 'head': config.adapt.head,
-          'head_config': {k: (list(v) if isinstance(v, tuple) else v)
-                          for k, v in config.head.to_dict().items()},
-          'num_classes': config.data.num_classes}
+  return build.task_network(config, arch, head_name=config.adapt.head, frozen_bn=frozen_bn)
 
 
 def initial_variables(config, arch, choices, search_dir, target, mesh, log):
@@ -83,7 +72,7 @@ def initial_variables(config, arch, choices, search_dir, target, mesh, log):
         + (f'; {len(fresh)} head arrays initialised fresh' if fresh else ''))
     return variables
   if init == 'seed':
-    seed_arch, seed_vars = get_seed(config, mesh, log)
+    seed_arch, seed_vars = build.seed(config, mesh, log)
     log(f'adapt: remapped from the seed network ({config.search.remap_strategy})')
     return jax.tree.map(np.asarray, adapt.from_seed(seed_vars, seed_arch, arch, target,
                                                     config.search.remap_strategy))
@@ -107,8 +96,9 @@ def run_adapt(config, workdir: str, search_dir: str, *, log=print,
   """
   t_start = time.perf_counter()
   os.makedirs(workdir, exist_ok=True)
-  loop.setup_runtime(config.get('distributed'), config.get('xla_cache_dir') or None)
-  mesh = mesh_lib.make_mesh()
+  build.setup_runtime(config)
+  mesh = build.mesh()
+  task = build.task(config)
   ac = config.adapt
   if ac.batch_size % mesh.size:
     raise ValueError(f'adapt.batch_size={ac.batch_size} must be a multiple of the {mesh.size} '
@@ -116,22 +106,19 @@ def run_adapt(config, workdir: str, search_dir: str, *, log=print,
   local_batch = ac.batch_size // jax.process_count()
   arch, choices = read_search(search_dir)
   model = build_network(arch, config, frozen_bn=ac.frozen_bn)
-  crop = ac.crop_size
-  shapes = variable_shapes(model, (1, crop, crop, 3), train=False)
+  h, w = task.input_size('adapt')
+  shapes = variable_shapes(model, (1, h, w, 3), train=False)
   ckpts = RunCheckpoints(workdir)
   resuming = ckpts.latest_step() is not None
 
-  train_src, _ = make_sources(config.data)
-  n_train = train_size(config.data, train_src)
-  resize = tuple(ac.resize_to) if ac.get('resize_to') else None
-  data = iter(pipeline.make_seg_pipeline(
-      train_src, indices=np.arange(n_train), batch_size=local_batch, crop_size=crop,
-      resize_to=resize, scales=tuple(ac.scales) if ac.scales else None, flip=config.data.flip,
-      seed=config.seed + 11, worker_count=config.data.worker_count))
+  train_src = build.dataset(config, 'train')
+  n_train = build.train_size(config, train_src)
+  data = task.train_data(train_src, np.arange(n_train), batch_size=local_batch,
+                         seed=config.seed + 11, stage='adapt')
   total = ac.steps
   lr_fn = adapt.poly_schedule(ac.lr, total, ac.warmup_steps, ac.warmup_start_lr, ac.poly_power)
   tx = adapt.finetune_optimizer(lr_fn, ac.momentum, ac.weight_decay)
-  step_fn = adapt.jit_train_step(model, tx, seg.cross_entropy, mesh)
+  step_fn = steps_lib.jit_train_step(model, tx, task.loss, mesh)
   rep = mesh_lib.replicated(mesh)
 
   if resuming:
@@ -147,7 +134,7 @@ def run_adapt(config, workdir: str, search_dir: str, *, log=print,
                                                       batches))
       log(f'adapt: BatchNorm statistics recomputed on {ac.bn_recalib_steps} batches '
           f'({time.perf_counter() - t0:.0f}s)')
-  state = adapt.init_state(tx, variables, jax.random.key(config.seed + 2))
+  state = steps_lib.init_state(tx, variables, jax.random.key(config.seed + 2))
   state = mesh_lib.put_replicated(state, mesh)  # also across processes (PRNG key leaf)
   start = 0
   if resuming:
@@ -155,7 +142,7 @@ def run_adapt(config, workdir: str, search_dir: str, *, log=print,
     data.set_state(meta['data'])
     log(f'resumed from {ckpts.directory} at step {start}')
   log(f'adapt: {arch.name or "derived network"}, head {ac.head}, {total} steps of batch '
-      f'{ac.batch_size} ({crop}x{crop} crops) on {mesh.size} device(s)')
+      f'{ac.batch_size} ({h}x{w} crops) on {mesh.size} device(s)')
 
   def checkpoint(step, wait=False):
     ckpts.save(step, state, {'data': data.get_state()}, wait=wait)
@@ -177,33 +164,18 @@ def run_adapt(config, workdir: str, search_dir: str, *, log=print,
   ckpts.close()
 
   variables = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
-  save_variables(os.path.join(workdir, 'model'), variables, network_meta(arch, config))
-  cost = cost_lib.count(build_network(arch, config), None, (1, *config.cost_input_size, 3))
+  save_variables(os.path.join(workdir, 'model'), variables,
+                 build.network_meta(config, arch, ac.head))
+  cost_size = task.cost_input_size()
+  cost = cost_lib.count(build_network(arch, config), None, (1, *cost_size, 3))
   with open(os.path.join(workdir, 'arch.json'), 'w') as f:
     f.write(arch.to_json())
   summary = {'init': ac.init, 'head': ac.head, 'steps': total, 'params': int(cost.params),
-             'madds': int(cost.madds), 'cost_input_size': list(config.cost_input_size),
+             'madds': int(cost.madds), 'cost_input_size': list(cost_size),
              'search_dir': os.path.abspath(search_dir),
              'wall_time_s': round(time.perf_counter() - t_start, 1)}
   with open(os.path.join(workdir, 'summary.json'), 'w') as f:
     json.dump(summary, f, indent=2)
-  log(f'adapted network at {tuple(config.cost_input_size)}: {cost_lib.format_count(*cost)}; '
+  log(f'adapted network at {cost_size}: {cost_lib.format_count(*cost)}; '
       f'weights in {workdir}/model')
   return AdaptResult(arch, variables, cost, workdir)
-
-
-def load_network(model_dir: str, config=None):
-  """``(module, variables, meta)`` of a network saved by :func:`run_adapt` (``<workdir>/model``).
-
-  The module is rebuilt from the stored architecture and head settings (``config`` only supplies
-  ``conv_impl``).
-  """
-  import ml_collections
-  variables, meta = load_variables(model_dir)
-  arch = arch_lib.Arch.from_dict(meta['arch'])
-  c = ml_collections.ConfigDict({'head': meta['head_config'],
-                                 'data': {'num_classes': meta['num_classes']},
-                                 'adapt': {'head': meta['head']},
-                                 'conv_impl': (config.get('conv_impl') if config else '') or ''})
-  return build_network(arch, c), variables, meta
-

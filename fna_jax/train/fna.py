@@ -4,15 +4,17 @@
 
 * ``workdir/search``: the architecture adaptation (:func:`fna_jax.train.search_loop.run_search`);
 * ``workdir/adapt``: the parameter adaptation (:func:`fna_jax.train.adapt_loop.run_adapt`);
-* ``workdir/adapt/eval``: the evaluation (:func:`fna_jax.evaluation.evaluate.run_evaluation`);
+* ``workdir/adapt/eval``: the evaluation (:func:`fna_jax.train.evaluate.run_evaluation`);
 
 and the run ends with ``workdir/report.md`` and ``report.json``: the derived architecture, its
-Params and MAdds, the mIoU, and the wall time of each stage.  A stage whose outputs exist is not
+Params and MAdds, the task's headline metric (segmentation: mIoU), and the wall time of each
+stage.  A stage whose outputs exist is not
 rerun, and an interrupted stage resumes from its checkpoint, so rerunning the same command after a
 kill continues where it stopped.
 
 The paper's Tab. 13 ablation rows are config switches (``search.init`` and ``adapt.init``;
-``configs/demo.py`` names them as variants, e.g. ``--config=configs/demo.py:rand_both``).
+:mod:`fna_jax.train.ablation` lists them, ``configs/demo.py`` names them as variants, e.g.
+``--config=configs/demo.py:rand_both``).
 """
 
 from __future__ import annotations
@@ -20,16 +22,11 @@ from __future__ import annotations
 import json
 import os
 
+from fna_jax import build
 from fna_jax import cost as cost_lib
-
-ROWS = {
-    # Tab. 13 row: (search.init, adapt.init, description)
-    1: ('remap', 'supernet', 'Remap -> ArchAdapt -> RemapSuper -> ParamAdapt (FNA++)'),
-    2: ('remap', 'seed', 'Remap -> ArchAdapt -> Remap -> ParamAdapt (FNA)'),
-    3: ('random', 'seed', 'RandInit -> ArchAdapt -> Remap -> ParamAdapt'),
-    4: ('remap', 'random', 'Remap -> ArchAdapt -> RandInit -> ParamAdapt'),
-    5: ('random', 'random', 'RandInit -> ArchAdapt -> RandInit -> ParamAdapt'),
-}
+from fna_jax.train.adapt_loop import run_adapt
+from fna_jax.train.evaluate import run_evaluation
+from fna_jax.train.search_loop import run_search
 
 
 def _read_json(path):
@@ -43,10 +40,6 @@ def run_fna(config, workdir: str, *, search_dir: str | None = None, log=print) -
   ``search_dir``: use this finished (or resumable) search run instead of ``workdir/search``
   (ablations share one search between rows that differ only after it).
   """
-  from fna_jax.evaluation.evaluate import run_evaluation
-  from fna_jax.train.adapt_loop import run_adapt
-  from fna_jax.train.search_loop import run_search
-
   os.makedirs(workdir, exist_ok=True)
   search_dir = search_dir or os.path.join(workdir, 'search')
   adapt_dir = os.path.join(workdir, 'adapt')
@@ -81,12 +74,13 @@ def make_report(config, search_dir: str, adapt_dir: str, eval_dir: str) -> dict:
   ev = _read_json(os.path.join(eval_dir, 'eval.json'))
   with open(os.path.join(search_dir, 'arch.txt')) as f:
     arch_txt = f.read().strip()
+  task = build.task(config)
   return {
-      'search_init': config.search.init, 'search_method': config.search.method,
-      'adapt_init': adapt['init'], 'head': adapt['head'], 'arch': arch_txt,
-      'params': adapt['params'], 'madds': adapt['madds'],
-      'cost_input_size': adapt['cost_input_size'], 'miou': ev['miou'],
-      'pixel_accuracy': ev['pixel_accuracy'], 'eval_mode': ev['mode'],
+      'task': config.task, 'search_init': config.search.init,
+      'search_method': config.search.method, 'adapt_init': adapt['init'], 'head': adapt['head'],
+      'arch': arch_txt, 'params': adapt['params'], 'madds': adapt['madds'],
+      'cost_input_size': adapt['cost_input_size'], 'metric': task.metric,
+      task.metric: ev[task.metric], 'metric_text': task.format_metric(ev[task.metric]),
       'num_eval_images': ev['num_images'],
       'wall_time_s': {'search': search.get('wall_time_s'), 'adapt': adapt.get('wall_time_s'),
                       'evaluate': ev.get('wall_time_s')},
@@ -105,8 +99,7 @@ def write_report(workdir: str, report: dict) -> None:
       f'- parameter adaptation: init `{report["adapt_init"]}`, head {report["head"]}',
       f'- derived network at {h}x{w}: '
       + cost_lib.format_count(report['params'], report['madds']),
-      f'- mIoU: {100 * report["miou"]:.2f}% ({report["eval_mode"]}, '
-      f'{report["num_eval_images"]} images); pixel accuracy {100 * report["pixel_accuracy"]:.2f}%',
+      f'- {report["metric_text"]} on {report["num_eval_images"]} validation images',
       '', '| stage | wall time |', '|---|---|',
       *[f'| {k} | {v:.0f} s |' for k, v in t.items() if v is not None], '',
       'Derived architecture (release notation):', '', '```', report['arch'], '```', '']

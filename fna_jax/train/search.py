@@ -1,4 +1,5 @@
-"""Architecture adaptation: the weight step, the arch step and the cost objective (SPEC section 4).
+"""Architecture adaptation: the weight step, the arch step and the cost objective (paper Sec. 3.2.2,
+Eq. 7-9).
 
 The search state holds two separate parameter sets with two optax optimisers:
 
@@ -29,7 +30,7 @@ import optax
 from fna_jax import cost as cost_lib
 from fna_jax.models import supernet as sn
 from fna_jax.spaces import SearchSpace
-from fna_jax.train import mesh as mesh_lib
+from fna_jax.runtime import mesh as mesh_lib
 
 
 @flax.struct.dataclass
@@ -50,7 +51,7 @@ def cost_table(supernet_model, variables, space: SearchSpace, input_shape) -> np
 
   ``supernet_model`` is the task network whose body is the supernet of ``space`` (paths
   ``backbone/stage{i}/layer{j}/{op}/...``) or the bare supernet.  Skip and masked entries cost 0.
-  Costs are per image, counted by :mod:`fna_jax.cost` (SPEC section 7).
+  Costs are per image, counted by :mod:`fna_jax.cost`.
   """
   layers = cost_lib.count_layers(supernet_model, variables, (1,) + tuple(input_shape[1:]),
                                  op_weights=jnp.asarray(sn.candidate_mask(space), jnp.float32))
@@ -82,7 +83,7 @@ def cost_loss(weights: jax.Array, table: np.ndarray, lam: float) -> jax.Array:
 # --------------------------------------------------------------------------- optimisers
 @dataclasses.dataclass(frozen=True)
 class Schedule:
-  """Step counts of the search (SPEC section 4: warm-up epochs, then alternation)."""
+  """Step counts of the search (paper Sec. 3.2.2: warm-up epochs, then alternation)."""
   total_steps: int
   warmup_steps: int       # weight steps with uniformly sampled paths and no arch steps
   lr_warmup_steps: int    # linear lr warm-up of the weight optimiser
@@ -111,7 +112,7 @@ class SearchFns:
   """The pieces a step needs; built once by :func:`make_search_fns`."""
   model: Any                      # task network with a Supernet body
   space: SearchSpace
-  loss_fn: Callable               # (logits, labels) -> scalar
+  loss_fn: Callable               # (outputs, batch) -> scalar: the task's loss
   table: np.ndarray               # (L, K) MAdds
   lam: float
   opt_w: optax.GradientTransformation
@@ -134,7 +135,7 @@ def weight_step(fns: SearchFns, state: SearchState, batch, uniform):
 
   Args:
     state: the search state.
-    batch: ``{'image': (B, H, W, 3) float32, 'label': (B, H, W) int32}``.
+    batch: ``{'image': (B, H, W, 3) float32, ...}``: what the task's loss takes.
     uniform: bool scalar; True samples paths uniformly (warm-up), else from ``softmax(alphas)``.
 
   Returns:
@@ -149,10 +150,10 @@ def weight_step(fns: SearchFns, state: SearchState, batch, uniform):
   path = sn.sample_path(k_path, state.alphas, fns.mask, uniform)
 
   def loss(params):
-    logits, new_vars = fns.model.apply(
+    outputs, new_vars = fns.model.apply(
         {'params': params, 'batch_stats': state.batch_stats}, batch['image'], True, path=path,
         rngs={'dropout': k_drop}, mutable=['batch_stats'])
-    return fns.loss_fn(logits, batch['label']), new_vars['batch_stats']
+    return fns.loss_fn(outputs, batch), new_vars['batch_stats']
 
   (task_loss, batch_stats), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
   updates, opt_w = fns.opt_w.update(grads, state.opt_w, state.params)
@@ -172,10 +173,10 @@ def arch_step(fns: SearchFns, state: SearchState, batch):
 
   def loss(alphas):
     w = sn.op_weights(alphas, fns.mask)
-    logits, new_vars = fns.model.apply(
+    outputs, new_vars = fns.model.apply(
         {'params': state.params, 'batch_stats': state.batch_stats}, batch['image'], True,
         op_weights=w, rngs={'dropout': k_drop}, mutable=['batch_stats'])
-    task = fns.loss_fn(logits, batch['label'])
+    task = fns.loss_fn(outputs, batch)
     c = cost_loss(w, fns.table, fns.lam)
     return task + c, (task, c, expected_gmadds(w, fns.table), new_vars['batch_stats'])
 

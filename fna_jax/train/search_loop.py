@@ -36,82 +36,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from fna_jax import arch as arch_lib
+from fna_jax import build, spaces
 from fna_jax import cost as cost_lib
-from fna_jax import seeds, spaces
 from fna_jax.data import pipeline
-from fna_jax.models import Backbone
 from fna_jax.models import supernet as sn
 from fna_jax.models.init import random_like, variable_shapes
-from fna_jax.models.segmentation import SegmentationNet
 from fna_jax.remap import seed_to_supernet
-from fna_jax.tasks import seg
-from fna_jax.train import loop
-from fna_jax.train import mesh as mesh_lib
-from fna_jax.train import pretrain, search
-from fna_jax.train.checkpoint import RunCheckpoints, save_variables
+from fna_jax.runtime import loop
+from fna_jax.runtime import mesh as mesh_lib
+from fna_jax.runtime.checkpoint import RunCheckpoints, save_variables
+from fna_jax.train import search
 
 
 # --------------------------------------------------------------------------- building blocks
-def make_sources(data_cfg) -> tuple[Any, Any]:
-  """``(train_source, val_source)`` of ``{'image', 'label'}`` examples for ``data.name``."""
-  if data_cfg.name == 'demo':
-    from fna_jax.data import demo
-    size = data_cfg.image_size
-    return (demo.DemoSegmentation('train', data_cfg.num_train, size, seed=data_cfg.data_seed),
-            demo.DemoSegmentation('val', data_cfg.num_val, size, seed=data_cfg.data_seed))
-  if data_cfg.name == 'cityscapes':
-    from fna_jax.data import cityscapes
-    return (cityscapes.CityscapesSource('train', data_cfg.data_dir or None),
-            cityscapes.CityscapesSource('validation', data_cfg.data_dir or None))
-  raise ValueError(f"unknown data.name {data_cfg.name!r}; expected 'demo' or 'cityscapes'")
-
-
-def train_size(data_cfg, train_source) -> int:
-  """How many training examples a run uses: all, or the first ``data.num_train`` (-1: all)."""
-  n = data_cfg.get('num_train', -1)
-  return len(train_source) if n in (-1, None) else min(len(train_source), n)
-
-
-def make_space(space_cfg) -> spaces.SearchSpace:
-  if space_cfg.name != 'mobilenet_v2':
-    raise ValueError(f"unknown space.name {space_cfg.name!r}; expected 'mobilenet_v2'")
-  kw = {'ops': tuple(space_cfg.ops)} if space_cfg.get('ops') else {}
-  space = spaces.mobilenet_v2_space(space_cfg.task, **kw)
-  if space_cfg.get('max_layers'):
-    space = spaces.limit_depth(space, tuple(space_cfg.max_layers))
-  return space
-
-
-def make_model(space: spaces.SearchSpace, config) -> SegmentationNet:
-  """The task network searched over: ``Supernet(space)`` + the config's head.
-
-  Convolutions use ``search.conv_impl`` if set, else ``conv_impl`` (see :mod:`fna_jax.ops`).
-  """
-  impl = config.search.get('conv_impl') or config.get('conv_impl') or None
-  return seg.make_network(sn.Supernet(space, impl=impl), config, impl=impl)
-
-
-def get_seed(config, mesh, log) -> tuple[arch_lib.Arch, dict]:
-  """The seed network: a converted checkpoint, else (demo) a cached short pretraining."""
-  s = config.seed_net
-  if s.checkpoint:
-    arch, variables = seeds.load_seed(s.checkpoint)
-    log(f'seed: {arch.name or "network"} from {s.checkpoint}')
-    return arch, variables
-  if not s.get('pretrain'):
-    raise FileNotFoundError(
-        'seed_net.checkpoint is empty: convert the ImageNet seed first, e.g. '
-        '`python -m weights_convert --arch mobilenet_v2 --src mobilenet_v2-b0353104.pth '
-        '--dst seeds/mobilenet_v2` (the .pth from torchvision), then pass '
-        '--config.seed_net.checkpoint=seeds/mobilenet_v2')
-  return pretrain.pretrain_demo_seed(arch_lib.seed(s.arch), dict(s.pretrain), s.cache_dir,
-                                     mesh=mesh, log=log)
-
-
 def init_supernet_variables(model, space, config, seed_arch, seed_vars, log) -> dict:
   """Supernet + head variables: backbone remapped from the seed (or random), head random."""
-  size = config.data.crop_size
-  shapes = variable_shapes(model, (1, size, size, 3), train=False)
+  h, w = build.task(config).input_size('search')
+  shapes = variable_shapes(model, (1, h, w, 3), train=False)
   variables = random_like(shapes, config.seed)
   if config.search.init == 'remap':
     backbone = seed_to_supernet({c: v['backbone'] for c, v in seed_vars.items()}, seed_arch,
@@ -132,9 +73,9 @@ def init_supernet_variables(model, space, config, seed_arch, seed_vars, log) -> 
 
 
 def derived_cost(space, choices, config) -> cost_lib.Cost:
-  """Params and MAdds of the derived task network at ``cost_input_size`` (one image)."""
-  net = seg.make_network(Backbone(space.derive(choices)), config)
-  return cost_lib.count(net, None, (1, *config.cost_input_size, 3))
+  """Params and MAdds of the derived task network at the task's cost input size (one image)."""
+  net = build.task_network(config, space.derive(choices))
+  return cost_lib.count(net, None, (1, *build.task(config).cost_input_size(), 3))
 
 
 def arch_string(space: spaces.SearchSpace, choices) -> str:
@@ -167,7 +108,8 @@ def save_outputs(workdir, space, choices, alpha_history, cost, wall, config) -> 
   summary = {'choices': [space.candidates(i, j)[int(c)] if not isinstance(c, str) else c
                          for (i, j), c in zip(space.searched_layers(), choices)],
              'params': int(cost.params), 'madds': int(cost.madds),
-             'cost_input_size': list(config.cost_input_size), 'method': config.search.method,
+             'cost_input_size': list(build.task(config).cost_input_size()),
+             'method': config.search.method,
              'wall_time_s': round(wall, 1)}
   with open(os.path.join(workdir, 'summary.json'), 'w') as f:
     json.dump(summary, f, indent=2)
@@ -222,8 +164,9 @@ def run_search(config, workdir: str, *, log=print, stop_after: int | None = None
   """
   t_start = time.perf_counter()
   os.makedirs(workdir, exist_ok=True)
-  loop.setup_runtime(config.get('distributed'), config.get('xla_cache_dir') or None)
-  mesh = mesh_lib.make_mesh()
+  build.setup_runtime(config)
+  mesh = build.mesh()
+  task = build.task(config)
   n_dev = mesh.size
   sc = config.search
   if sc.batch_size % n_dev:
@@ -234,14 +177,12 @@ def run_search(config, workdir: str, *, log=print, stop_after: int | None = None
   local_batch = sc.batch_size // jax.process_count()
 
   # Data: weight and arch splits of train.
-  train_src, _ = make_sources(config.data)
-  n_train = train_size(config.data, train_src)
+  train_src = build.dataset(config, 'train')
+  n_train = build.train_size(config, train_src)
   w_idx, a_idx = pipeline.split_train_arch(n_train, config.data.arch_fraction, config.seed)
-  resize = tuple(config.data.resize_to) if config.data.get('resize_to') else None
-  mk = lambda idx, seed: pipeline.make_seg_pipeline(
-      train_src, indices=idx, batch_size=local_batch, crop_size=config.data.crop_size,
-      resize_to=resize, flip=config.data.flip, seed=seed, worker_count=config.data.worker_count)
-  w_data, a_data = iter(mk(w_idx, config.seed)), iter(mk(a_idx, config.seed + 1))
+  mk = lambda idx, seed: task.train_data(train_src, idx, batch_size=local_batch, seed=seed,
+                                         stage='search')
+  w_data, a_data = mk(w_idx, config.seed), mk(a_idx, config.seed + 1)
   steps_per_epoch = max(len(w_idx) // sc.batch_size, 1)
   total = sc.epochs * steps_per_epoch
   warmup = (sc.epochs if sc.method == 'random' else sc.warmup_epochs) * steps_per_epoch
@@ -249,20 +190,19 @@ def run_search(config, workdir: str, *, log=print, stop_after: int | None = None
       f'{total} weight steps ({warmup} warm-up), batch {sc.batch_size} on {n_dev} device(s)')
 
   # Model, cost table, steps; the steps compile in the background while the seed is prepared.
-  space = make_space(config.space)
-  model = make_model(space, config)
-  size = config.data.crop_size
-  shapes = variable_shapes(model, (1, size, size, 3), train=False)
-  table = search.cost_table(model, shapes, space, (1, *config.cost_input_size, 3))
+  space = build.space(config)
+  model = build.search_network(config, space)
+  h, w = task.input_size('search')
+  shapes = variable_shapes(model, (1, h, w, 3), train=False)
+  table = search.cost_table(model, shapes, space, (1, *task.cost_input_size(), 3))
   sched = search.Schedule(total, warmup, sc.w_lr_warmup_epochs * steps_per_epoch)
   opt_w, lr_fn = search.weight_optimizer(sched, lr=sc.w_lr, lr_start=sc.w_lr_start,
                                          lr_end=sc.w_lr_end, momentum=sc.w_momentum,
                                          weight_decay=sc.w_weight_decay)
   opt_a = search.arch_optimizer(lr=sc.a_lr, weight_decay=sc.a_weight_decay, b1=sc.a_b1,
                                 b2=sc.a_b2)
-  fns = search.SearchFns(model, space, seg.cross_entropy, table, sc.lam, opt_w, opt_a)
-  batch_shapes = {'image': jax.ShapeDtypeStruct((sc.batch_size, size, size, 3), jnp.float32),
-                  'label': jax.ShapeDtypeStruct((sc.batch_size, size, size), jnp.int32)}
+  fns = search.SearchFns(model, space, task.loss, table, sc.lam, opt_w, opt_a)
+  batch_shapes = task.batch_shapes(sc.batch_size, 'search')
   pool = futures.ThreadPoolExecutor(1, thread_name_prefix='search-steps')
   compiling = pool.submit(
       search.compile_steps, fns, mesh,
@@ -277,7 +217,7 @@ def run_search(config, workdir: str, *, log=print, stop_after: int | None = None
   if resuming or sc.init == 'random':
     seed_arch, seed_vars = None, None
   else:
-    seed_arch, seed_vars = get_seed(config, mesh, log)
+    seed_arch, seed_vars = build.seed(config, mesh, log)
   if resuming:
     variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
   else:
@@ -345,12 +285,13 @@ def run_search(config, workdir: str, *, log=print, stop_after: int | None = None
   ckpts.close()
   save_variables(os.path.join(workdir, 'supernet'),
                  {'params': state.params, 'batch_stats': state.batch_stats},
-                 {'space': space.to_dict(), 'num_classes': config.data.num_classes})
+                 {'task': config.task, 'space': space.to_dict(),
+                  'num_classes': config.data.num_classes})
   cost = derived_cost(space, choices, config)
   arch = save_outputs(workdir, space, choices, history or [(0, probs(state))], cost,
                       time.perf_counter() - t_start, config)
   log('derived architecture (release notation):\n' + arch.to_release_string())
-  log(f'derived network at {config.cost_input_size}: {cost_lib.format_count(*cost)}; '
+  log(f'derived network at {task.cost_input_size()}: {cost_lib.format_count(*cost)}; '
       f'outputs in {workdir}')
   return SearchResult(arch, choices, cost, workdir)
 
@@ -362,10 +303,10 @@ def random_search(fns: search.SearchFns, state, a_data, mesh, n: int, seed: int,
   rep, data = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
 
   def score(state, batch, path):
-    logits = fns.model.apply({'params': state.params, 'batch_stats': state.batch_stats},
-                             batch['image'], False, path=path)
+    outputs = fns.model.apply({'params': state.params, 'batch_stats': state.batch_stats},
+                              batch['image'], False, path=path)
     onehot = jax.nn.one_hot(path, mask.shape[1])
-    return fns.loss_fn(logits, batch['label']) + search.cost_loss(onehot, fns.table, fns.lam)
+    return fns.loss_fn(outputs, batch) + search.cost_loss(onehot, fns.table, fns.lam)
 
   score = jax.jit(score, in_shardings=(rep, data, rep))
   evals = [mesh_lib.put_batch(next(a_data), mesh) for _ in range(batches)]

@@ -1,4 +1,4 @@
-"""Segmentation metrics from a confusion matrix: per-class IoU, mIoU, pixel accuracy (SPEC section 5).
+"""Segmentation metrics from a confusion matrix: per-class IoU, mIoU, pixel accuracy (paper Sec. 4.1).
 
 The evaluation protocol is Cityscapes': mIoU over the 19 train ids, pixels labelled 255 ignored.
 :func:`confusion_matrix` runs on the device (jit-able, also on batch-sharded arrays, where it gives
@@ -21,10 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fna_jax.data import cityscapes as _cityscapes
 from fna_jax.data import demo as _demo
+from fna_jax.data.transforms import IGNORE_LABEL
+from fna_jax.tasks.seg import cityscapes as _cityscapes
 
-IGNORE_LABEL = 255
 # The 19 Cityscapes train ids in order (train id k is CITYSCAPES_CLASSES[k]).
 CITYSCAPES_CLASSES: tuple[str, ...] = tuple(_cityscapes.CLASS_NAMES)
 # The embedded demo's 6 classes: 0 background, 1..5 the shapes (fna_jax.data.demo).

@@ -11,11 +11,11 @@ Preparing the data (once) does need TensorFlow.  Download ``leftImg8bit_trainval
 required) into a folder ``M`` (the manual_dir, zips not extracted), then::
 
   pip install tensorflow-cpu importlib_resources   # for the preparation step only
-  python -m fna_jax.data.cityscapes --prepare --manual_dir M --data_dir D
+  python -m fna_jax.tasks.seg.cityscapes --prepare --manual_dir M --data_dir D
 
 which runs ``tfds.builder('cityscapes/semantic_segmentation', data_dir=D).download_and_prepare(
 download_config=tfds.download.DownloadConfig(manual_dir=M), file_format='array_record')`` and
-writes ``D/cityscapes/semantic_segmentation/1.0.0/``.  ``python -m fna_jax.data.cityscapes --check
+writes ``D/cityscapes/semantic_segmentation/1.0.0/``.  ``python -m fna_jax.tasks.seg.cityscapes --check
 --data_dir D`` then lists the prepared splits.  TFDS split names are ``train`` (2975 images),
 ``validation`` (500; ``val`` is accepted here as an alias) and ``test`` (1525, labels withheld).
 """
@@ -32,12 +32,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-# Re-exported: the search's weight/arch split of the training set (also used for the demo).
-from fna_jax.data.pipeline import split_train_arch  # noqa: F401
+from fna_jax.data.transforms import IGNORE_LABEL
+from fna_jax.tasks.seg.visualize import CITYSCAPES_PALETTE
 
 TFDS_NAME = 'cityscapes/semantic_segmentation'
 VERSION = '1.0.0'
-IGNORE_LABEL = 255
 NUM_CLASSES = 19
 ZIP_FILES = ('leftImg8bit_trainvaltest.zip', 'gtFine_trainvaltest.zip')
 DOWNLOAD_URL = 'https://www.cityscapes-dataset.com/downloads/'
@@ -158,7 +157,7 @@ def preparation_instructions(data_dir: str, manual_dir: str = 'M') -> str:
       '  3. Install the preparation-only dependencies (reading needs neither):\n'
       '       pip install tensorflow-cpu importlib_resources\n'
       '  4. Prepare as ArrayRecord:\n'
-      f'       python -m fna_jax.data.cityscapes --prepare --manual_dir {manual_dir} '
+      f'       python -m fna_jax.tasks.seg.cityscapes --prepare --manual_dir {manual_dir} '
       f'--data_dir {data_dir}\n'
       f"     (it calls tfds.builder('{TFDS_NAME}', data_dir=D).download_and_prepare("
       'download_config=tfds.download.DownloadConfig(manual_dir=M), '
@@ -224,7 +223,7 @@ class CityscapesSource:
 
   ``src[i]`` is ``{'image': uint8 (H, W, 3), 'label': uint8 (H, W)}`` (H, W = 1024, 2048 for the
   real data), labels in 0..18 and 255 (ignore).  Decoding a PNG pair takes about 50 ms per image,
-  so decode in grain workers (``worker_count`` of :func:`fna_jax.data.pipeline.make_seg_pipeline`).
+  so decode in grain workers (``worker_count`` of :func:`fna_jax.tasks.seg.pipeline.make_seg_pipeline`).
   Picklable.
 
   Args:
@@ -240,6 +239,7 @@ class CityscapesSource:
   NUM_CLASSES = NUM_CLASSES
   CLASS_NAMES = CLASS_NAMES
   IGNORE_LABEL = IGNORE_LABEL
+  PALETTE = CITYSCAPES_PALETTE
 
   def __init__(self, split: str, data_dir: str | os.PathLike[str] | None = None):
     self.split = canonical_split(split)
@@ -294,7 +294,7 @@ def prepare(manual_dir: str, data_dir: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
   """Entry point: ``--prepare --manual_dir M --data_dir D``, or ``--check --data_dir D``."""
   parser = argparse.ArgumentParser(
-      prog='python -m fna_jax.data.cityscapes',
+      prog='python -m fna_jax.tasks.seg.cityscapes',
       description='Prepare Cityscapes as ArrayRecord for tfds.data_source, or check it.')
   mode = parser.add_mutually_exclusive_group(required=True)
   mode.add_argument('--prepare', action='store_true',

@@ -22,7 +22,8 @@ from fna_jax import arch as arch_lib
 from fna_jax import models, seeds
 from fna_jax.data import demo, pipeline
 from fna_jax.models.init import init_variables
-from fna_jax.train import mesh as mesh_lib
+from fna_jax.runtime import mesh as mesh_lib
+from fna_jax.runtime import steps as steps_lib
 
 
 def _cache_key(arch: arch_lib.Arch, cfg: dict) -> str:
@@ -34,8 +35,9 @@ def pretrain_demo_seed(arch: arch_lib.Arch, cfg: dict, cache_dir: str, *, mesh=N
                        log=print) -> tuple[arch_lib.Arch, dict]:
   """Trains (or loads from ``cache_dir``) the demo seed; returns ``(arch, variables)``.
 
-  ``cfg``: ``steps``, ``batch_size``, ``image_size``, ``lr`` (peak Adam learning rate),
-  ``num_examples``, ``seed`` and optionally ``weight_decay`` (AdamW, default 1e-4).
+  ``cfg``: ``steps``, ``batch_size``, ``image_size``, ``lr`` (peak AdamW learning rate),
+  ``weight_decay``, ``num_examples`` (training images), ``num_val`` (held-out images the
+  accuracy is reported on) and ``seed``.
   """
   path = os.path.join(os.path.abspath(cache_dir), f'demo_seed_{_cache_key(arch, cfg)}')
   if os.path.isdir(path):
@@ -50,37 +52,23 @@ def pretrain_demo_seed(arch: arch_lib.Arch, cfg: dict, cache_dir: str, *, mesh=N
   # Adam with warm-up and cosine decay: a few hundred steps from scratch need a forgiving
   # optimiser (SGD at a high learning rate diverged in the first epoch here).
   tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, cfg['lr'], max(steps // 10, 1), steps),
-                   weight_decay=cfg.get('weight_decay', 1e-4))
-  params, batch_stats = variables['params'], variables['batch_stats']
-  opt_state = tx.init(params)
-
-  def step(params, batch_stats, opt_state, batch, key):
-    def loss_fn(p):
-      logits, new = model.apply({'params': p, 'batch_stats': batch_stats}, batch['image'], True,
-                                rngs={'dropout': key}, mutable=['batch_stats'])
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
-      acc = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
-      return loss, (new['batch_stats'], acc)
-    (loss, (bs, acc)), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(g, opt_state, params)
-    return optax.apply_updates(params, updates), bs, opt_state, loss, acc
-
-  rep, data = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
-  step = jax.jit(step, in_shardings=(rep, rep, rep, data, rep), donate_argnums=(0, 1, 2))
+                   weight_decay=cfg['weight_decay'])
+  loss_fn = lambda logits, batch: optax.softmax_cross_entropy_with_integer_labels(
+      logits, batch['label']).mean()
+  step = steps_lib.jit_train_step(model, tx, loss_fn, mesh)
+  state = mesh_lib.put_replicated(
+      steps_lib.init_state(tx, variables, jax.random.key(cfg['seed'])), mesh)
   source = demo.DemoClassification('train', cfg['num_examples'], size, seed=cfg['seed'])
   it = iter(pipeline.make_cls_pipeline(source, batch_size=cfg['batch_size'], seed=cfg['seed']))
-  key = jax.random.key(cfg['seed'])
   t0 = time.perf_counter()
   log(f'seed: pretraining {arch.name or "the seed"} on embedded demo images for {steps} steps '
       f'(batch {cfg["batch_size"]}, {size}x{size}); cached in {path}')
   for i in range(1, steps + 1):
-    key, k = jax.random.split(key)
-    params, batch_stats, opt_state, loss, acc = step(
-        params, batch_stats, opt_state, mesh_lib.put_batch(next(it), mesh), k)
+    state, metrics = step(state, mesh_lib.put_batch(next(it), mesh))
     if i % max(steps // 5, 1) == 0 or i == steps:
-      log(f'seed: step {i}/{steps}  loss {float(loss):.3f}  acc {float(acc):.2f}  '
+      log(f'seed: step {i}/{steps}  loss {float(metrics["loss"]):.3f}  '
           f'{time.perf_counter() - t0:.0f}s')
-  variables = jax.device_get({'params': params, 'batch_stats': batch_stats})
+  variables = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
   acc, n_val = validation_accuracy(model, variables, cfg, mesh)
   log(f'seed: validation accuracy {acc:.3f} on {n_val} held-out images '
       f'(chance {1 / num_classes:.2f})')
@@ -90,12 +78,12 @@ def pretrain_demo_seed(arch: arch_lib.Arch, cfg: dict, cache_dir: str, *, mesh=N
 
 
 def validation_accuracy(model, variables, cfg: dict, mesh) -> tuple[float, int]:
-  """``(top-1 accuracy, images counted)`` of the seed on ``cfg['num_val']`` (256) held-out images.
+  """``(top-1 accuracy, images counted)`` of the seed on ``cfg['num_val']`` held-out images.
 
   One in-order pass of the classification pipeline (no flips, no shuffle; a last incomplete
   global batch is dropped), batch sharded over ``mesh``, correct predictions counted on device.
   """
-  n, size = cfg.get('num_val', 256), cfg['image_size']
+  n, size = cfg['num_val'], cfg['image_size']
   source = demo.DemoClassification('val', n, size, seed=cfg['seed'])
   batch = max(32 - 32 % mesh.size, mesh.size)
   rep, data = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)

@@ -1,4 +1,4 @@
-"""DeepLabv3 and DeepLabv3+ heads (SPEC section 6): ASPP on the last searched stage's output.
+"""DeepLabv3 and DeepLabv3+ heads (paper Sec. 4.1.1, Tab. 2): ASPP on the last searched stage's output.
 
 ASPP: a 1x1 branch, three depthwise-separable atrous 3x3 branches (dw conv with dilation r, BN,
 ReLU, 1x1 conv, BN, ReLU; rates 6, 12, 18 at output stride 16) and an image-pooling branch, 256
@@ -19,6 +19,8 @@ two heads share has the same path, so a DeepLabv3 head's ASPP remaps into a Deep
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -33,16 +35,15 @@ def relu_bn(y, train: bool, name: str):
 
 
 def separable_conv(x, channels: int, train: bool, prefix: str, dilation: int = 1,
-                   impl: str | None = None):
+                   conv: Any = Conv):
   """Depthwise 3x3 (dilation ``dilation``) -> BN -> ReLU -> 1x1 to ``channels`` -> BN -> ReLU.
 
   Call inside a compact module; creates ``{prefix}_dw_conv``, ``{prefix}_dw_bn``,
   ``{prefix}_pw_conv`` and ``{prefix}_pw_bn`` there.
   """
-  y = Conv(x.shape[-1], 3, dilation=dilation, groups=x.shape[-1], impl=impl,
-           name=f'{prefix}_dw_conv')(x)
+  y = conv(x.shape[-1], 3, dilation=dilation, groups=x.shape[-1], name=f'{prefix}_dw_conv')(x)
   y = relu_bn(y, train, f'{prefix}_dw_bn')
-  return relu_bn(Conv(channels, 1, impl=impl, name=f'{prefix}_pw_conv')(y), train,
+  return relu_bn(conv(channels, 1, name=f'{prefix}_pw_conv')(y), train,
                  f'{prefix}_pw_bn')
 
 
@@ -50,19 +51,19 @@ class ASPP(nn.Module):
   """Atrous spatial pyramid pooling; ``(N, h, w, C) -> (N, h, w, channels)``."""
   channels: int = 256
   rates: tuple[int, ...] = (6, 12, 18)
-  impl: str | None = None
+  conv: Any = Conv  # ops.Conv or ops.conv_module(impl)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     c = self.channels
-    branches = [relu_bn(Conv(c, 1, impl=self.impl, name='b0_conv')(x), train, 'b0_bn')]
+    branches = [relu_bn(self.conv(c, 1, name='b0_conv')(x), train, 'b0_bn')]
     for i, r in enumerate(self.rates, start=1):
-      branches.append(separable_conv(x, c, train, f'b{i}', dilation=r, impl=self.impl))
+      branches.append(separable_conv(x, c, train, f'b{i}', dilation=r, conv=self.conv))
     pooled = jnp.mean(x, axis=(1, 2), keepdims=True)
-    pooled = relu_bn(Conv(c, 1, impl=self.impl, name='pool_conv')(pooled), train, 'pool_bn')
+    pooled = relu_bn(self.conv(c, 1, name='pool_conv')(pooled), train, 'pool_bn')
     branches.append(jnp.broadcast_to(pooled, x.shape[:3] + (c,)))
     y = jnp.concatenate(branches, axis=-1)
-    return relu_bn(Conv(c, 1, impl=self.impl, name='project_conv')(y), train, 'project_bn')
+    return relu_bn(self.conv(c, 1, name='project_conv')(y), train, 'project_bn')
 
 
 class DeepLabV3Head(nn.Module):
@@ -74,13 +75,13 @@ class DeepLabV3Head(nn.Module):
   channels: int = 256
   rates: tuple[int, ...] = (6, 12, 18)
   dropout: float = 0.1
-  impl: str | None = None
+  conv: Any = Conv  # ops.Conv or ops.conv_module(impl)
 
   @nn.compact
   def __call__(self, feats, train: bool = False):
-    y = ASPP(self.channels, tuple(self.rates), self.impl, name='aspp')(feats['out'], train)
+    y = ASPP(self.channels, tuple(self.rates), self.conv, name='aspp')(feats['out'], train)
     y = nn.Dropout(self.dropout, deterministic=not train)(y)
-    return Conv(self.num_classes, 1, use_bias=True, impl=self.impl, name='classifier')(y)
+    return self.conv(self.num_classes, 1, use_bias=True, name='classifier')(y)
 
 
 class DeepLabV3PlusHead(nn.Module):
@@ -95,30 +96,30 @@ class DeepLabV3PlusHead(nn.Module):
   dropout: float = 0.1
   low_level: str = 'stage1'
   low_channels: int = 48
-  impl: str | None = None
+  conv: Any = Conv  # ops.Conv or ops.conv_module(impl)
 
   @nn.compact
   def __call__(self, feats, train: bool = False):
-    y = ASPP(self.channels, tuple(self.rates), self.impl, name='aspp')(feats['out'], train)
+    y = ASPP(self.channels, tuple(self.rates), self.conv, name='aspp')(feats['out'], train)
     y = nn.Dropout(self.dropout, deterministic=not train)(y)
     low = feats[self.low_level]
     n, h, w, _ = low.shape
-    dec = _Decoder(self.channels, self.low_channels, self.impl, name='decoder')
+    dec = _Decoder(self.channels, self.low_channels, self.conv, name='decoder')
     y = dec(jax.image.resize(y, (n, h, w, y.shape[-1]), 'bilinear'), low, train)
-    return Conv(self.num_classes, 1, use_bias=True, impl=self.impl, name='classifier')(y)
+    return self.conv(self.num_classes, 1, use_bias=True, name='classifier')(y)
 
 
 class _Decoder(nn.Module):
   """DeepLabv3+ decoder: concat(upsampled ASPP, 1x1-reduced low-level) -> 2 separable 3x3 convs."""
   channels: int
   low_channels: int
-  impl: str | None = None
+  conv: Any = Conv  # ops.Conv or ops.conv_module(impl)
 
   @nn.compact
   def __call__(self, y, low, train: bool = False):
-    low = relu_bn(Conv(self.low_channels, 1, impl=self.impl, name='low_conv')(low), train,
+    low = relu_bn(self.conv(self.low_channels, 1, name='low_conv')(low), train,
                   'low_bn')
     y = jnp.concatenate([y, low], axis=-1)
     for i in (1, 2):
-      y = separable_conv(y, self.channels, train, f'sep{i}', impl=self.impl)
+      y = separable_conv(y, self.channels, train, f'sep{i}', conv=self.conv)
     return y

@@ -1,4 +1,4 @@
-"""Inference for evaluation: the whole image at once, or sliding windows (SPEC section 5).
+"""Inference for evaluation: the whole image at once, or sliding windows (paper Sec. 4.1.1).
 
 The paper evaluates Cityscapes either on the whole image or with sliding 769x769 windows that
 overlap by 2/3, averaging the logits where windows overlap.  Both functions take ``apply_fn``, a

@@ -9,8 +9,8 @@ import numpy as np
 from PIL import Image
 
 from fna_jax.data import transforms as _transforms
+from fna_jax.data.transforms import IGNORE_LABEL
 
-IGNORE_LABEL = 255
 IGNORE_COLOUR = (0, 0, 0)
 
 # Official Cityscapes colours of the 19 train ids (cityscapesscripts/helpers/labels.py), uint8 RGB.

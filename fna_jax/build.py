@@ -1,0 +1,214 @@
+"""The one place a config becomes objects: task, datasets, search space, head, convolutions, seed,
+mesh.
+
+Every choice a config makes by name goes through a small registry (name -> constructor) here, so
+adding a task, a dataset, a head or a search space means registering it, not editing a loop::
+
+    from fna_jax import build
+    build.register_dataset('my_data', lambda config, split: MySource(split, config.data.root))
+    build.register_head('my_head', lambda config, conv: MyHead(config.data.num_classes, conv=conv))
+    build.register_task('my_task', MyTask)        # a fna_jax.tasks.base.Task subclass
+
+Registries: :data:`TASKS` (``config.task``), :data:`DATASETS` (``config.data.name``),
+:data:`HEADS` (``config.head.name``, ``config.adapt.head``), :data:`SPACES`
+(``config.space.name``).  Constructors take the whole config (datasets also the split,
+``'train'`` or ``'val'``; heads also the ``conv`` module that fixes the convolution
+implementation, :func:`conv`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+
+from fna_jax import arch as arch_lib
+from fna_jax import ops, pretrain, seeds, spaces
+from fna_jax.models import Backbone
+from fna_jax.models.supernet import Supernet
+from fna_jax.runtime import checkpoint, loop
+from fna_jax.runtime import mesh as mesh_lib
+from fna_jax.tasks.base import Task
+from fna_jax.tasks.seg import DeepLabV3Head, DeepLabV3PlusHead, SegmentationTask
+from fna_jax.tasks.seg.cityscapes import CityscapesSource
+from fna_jax.tasks.seg.demo_data import DemoSegmentation
+
+SPLITS = ('train', 'val')
+
+
+# --------------------------------------------------------------------------- registries
+def _demo_segmentation(config, split: str):
+  d = config.data
+  return DemoSegmentation(split, d.num_train if split == 'train' else d.num_val, d.image_size,
+                          seed=d.data_seed)
+
+
+def _cityscapes(config, split: str):
+  return CityscapesSource('train' if split == 'train' else 'validation',
+                          config.data.data_dir or None)
+
+
+def _deeplab_kwargs(config, conv):
+  h = config.head
+  return dict(num_classes=config.data.num_classes, channels=h.channels, rates=tuple(h.rates),
+              dropout=h.dropout, conv=conv)
+
+
+def _mobilenet_v2_space(config) -> spaces.SearchSpace:
+  s = config.space
+  kw = {'ops': tuple(s.ops)} if s.ops else {}
+  space = spaces.mobilenet_v2_space(s.task, **kw)
+  return spaces.limit_depth(space, tuple(s.max_layers)) if s.max_layers else space
+
+
+TASKS: dict[str, Callable[[Any], Task]] = {'seg': SegmentationTask}
+DATASETS: dict[str, Callable[[Any, str], Any]] = {
+    'demo': _demo_segmentation, 'cityscapes': _cityscapes}
+HEADS: dict[str, Callable[[Any, Any], Any]] = {
+    'deeplabv3': lambda config, conv: DeepLabV3Head(**_deeplab_kwargs(config, conv)),
+    'deeplabv3+': lambda config, conv: DeepLabV3PlusHead(
+        **_deeplab_kwargs(config, conv), low_level=config.head.low_level)}
+SPACES: dict[str, Callable[[Any], spaces.SearchSpace]] = {'mobilenet_v2': _mobilenet_v2_space}
+
+
+def _register(table: dict, what: str, name: str, constructor: Callable) -> None:
+  if name in table and table[name] is not constructor:
+    raise ValueError(f'a {what} named {name!r} is already registered')
+  table[name] = constructor
+
+
+def register_task(name: str, constructor: Callable[[Any], Task]) -> None:
+  """``config.task == name`` builds ``constructor(config)`` (a :class:`Task`)."""
+  _register(TASKS, 'task', name, constructor)
+
+
+def register_dataset(name: str, constructor: Callable[[Any, str], Any]) -> None:
+  """``config.data.name == name`` reads ``constructor(config, split)``: a random-access source."""
+  _register(DATASETS, 'dataset', name, constructor)
+
+
+def register_head(name: str, constructor: Callable[[Any, Any], Any]) -> None:
+  """A head named ``name`` is ``constructor(config, conv)`` (a linen module)."""
+  _register(HEADS, 'head', name, constructor)
+
+
+def register_space(name: str, constructor: Callable[[Any], spaces.SearchSpace]) -> None:
+  """``config.space.name == name`` searches ``constructor(config)``."""
+  _register(SPACES, 'search space', name, constructor)
+
+
+def _lookup(table: dict, what: str, key: str, name: str):
+  if name not in table:
+    raise ValueError(f'unknown {key} {name!r}; registered {what}s: {sorted(table)}')
+  return table[name]
+
+
+# --------------------------------------------------------------------------- objects
+def task(config) -> Task:
+  """The :class:`~fna_jax.tasks.base.Task` of ``config.task``."""
+  return _lookup(TASKS, 'task', 'task', config.task)(config)
+
+
+def dataset(config, split: str):
+  """The random-access source of ``config.data.name``, split ``'train'`` or ``'val'``."""
+  if split not in SPLITS:
+    raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
+  return _lookup(DATASETS, 'dataset', 'data.name', config.data.name)(config, split)
+
+
+def train_size(config, train_source) -> int:
+  """How many training examples a run uses: all, or the first ``data.num_train`` (-1: all)."""
+  n = config.data.num_train
+  return len(train_source) if n in (-1, None) else min(len(train_source), n)
+
+
+def space(config) -> spaces.SearchSpace:
+  """The search space of ``config.space`` (``ops`` and ``max_layers`` narrow it when set)."""
+  return _lookup(SPACES, 'search space', 'space.name', config.space.name)(config)
+
+
+def conv(config, stage: str | None = None):
+  """The convolution module every network of ``config`` is built with (:mod:`fna_jax.ops`).
+
+  ``conv_impl`` (``''``: the backend's default); for ``stage='search'``, ``search.conv_impl``
+  overrides it for the supernet.
+  """
+  impl = (config.search.conv_impl if stage == 'search' else '') or config.conv_impl
+  return ops.conv_module(impl or None)
+
+
+def head(config, name: str | None = None, conv_module=None):
+  """The head ``name`` (default ``config.head.name``) for ``config``'s task and data."""
+  name = name or config.head.name
+  return _lookup(HEADS, 'head', 'head.name', name)(config, conv_module or conv(config))
+
+
+def search_network(config, search_space: spaces.SearchSpace):
+  """The network searched over: ``Supernet(search_space)`` + ``config.head.name``."""
+  c = conv(config, 'search')
+  return task(config).network(Supernet(search_space, c), head(config, conv_module=c))
+
+
+def task_network(config, arch: arch_lib.Arch, *, head_name: str | None = None,
+                 frozen_bn: bool = False):
+  """The task network of ``arch``: ``Backbone(arch)`` + head ``head_name`` (default
+  ``config.head.name``); ``frozen_bn`` keeps the backbone's BatchNorm statistics fixed."""
+  c = conv(config)
+  return task(config).network(Backbone(arch, c), head(config, head_name, c),
+                              frozen_bn=frozen_bn)
+
+
+def mesh(devices=None):
+  """A ``('data',)`` mesh over every device of every process (:mod:`fna_jax.runtime.mesh`)."""
+  return mesh_lib.make_mesh(devices)
+
+
+def setup_runtime(config) -> None:
+  """``jax.distributed`` when ``distributed.num_processes > 1``; the compilation cache."""
+  loop.setup_runtime(config.distributed, config.xla_cache_dir or None)
+
+
+def seed(config, mesh_, log=print) -> tuple[arch_lib.Arch, dict]:
+  """The seed network: the converted checkpoint ``seed_net.checkpoint``, else (the demo) a short
+  pretraining of ``seed_net.arch`` on embedded images (``seed_net.pretrain.steps > 0``), cached
+  under ``seed_net.cache_dir``."""
+  s = config.seed_net
+  if s.checkpoint:
+    arch, variables = seeds.load_seed(s.checkpoint)
+    log(f'seed: {arch.name or "network"} from {s.checkpoint}')
+    return arch, variables
+  if s.pretrain.steps <= 0:
+    raise FileNotFoundError(
+        'seed_net.checkpoint is empty: convert the ImageNet seed first, e.g. '
+        '`python -m weights_convert --arch mobilenet_v2 --src mobilenet_v2-b0353104.pth '
+        '--dst seeds/mobilenet_v2` (the .pth from torchvision), then pass '
+        '--config.seed_net.checkpoint=seeds/mobilenet_v2')
+  return pretrain.pretrain_demo_seed(arch_lib.seed(s.arch), s.pretrain.to_dict(),
+                                     os.path.expanduser(s.cache_dir), mesh=mesh_, log=log)
+
+
+# --------------------------------------------------------------------------- saved networks
+def network_meta(config, arch: arch_lib.Arch, head_name: str) -> dict:
+  """What :func:`load_network` needs to rebuild a task network (stored with its weights)."""
+  return {'task': config.task, 'arch': arch.to_dict(), 'head': head_name,
+          'head_config': {k: (list(v) if isinstance(v, tuple) else v)
+                          for k, v in config.head.to_dict().items()},
+          'num_classes': config.data.num_classes}
+
+
+def load_network(model_dir: str, config):
+  """``(module, variables, meta)`` of a network saved by parameter adaptation.
+
+  The module is rebuilt from the stored task, architecture, head settings and number of classes;
+  ``config`` supplies the rest (e.g. ``conv_impl``).
+  """
+  variables, meta = checkpoint.load_variables(model_dir)
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.task = meta.get('task', 'seg')
+  c.head.update({k: tuple(v) if isinstance(v, list) else v
+                 for k, v in meta['head_config'].items()})
+  c.data.num_classes = meta['num_classes']
+  net = task_network(c, arch_lib.Arch.from_dict(meta['arch']), head_name=meta['head'])
+  return net, variables, meta

@@ -1,0 +1,89 @@
+"""Every key of the shipped configs can be overridden on the command line, and the code reads no
+key a config does not declare.
+
+Each leaf of ``configs/seg_cityscapes.py`` and ``configs/demo.py`` is overridden with a different
+value of the same type through ``ml_collections.config_flags`` (what ``scripts/*.py`` use), and the
+parsed config must hold the new value.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import flags
+from ml_collections import config_flags
+import pytest
+
+from configs import demo, seg_cityscapes
+from fna_jax import build
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = {'seg_cityscapes': seg_cityscapes.get_config, 'demo': demo.get_config}
+
+
+def _leaves(d: dict, prefix=''):
+  for k, v in d.items():
+    if isinstance(v, dict):
+      yield from _leaves(v, f'{prefix}{k}.')
+    else:
+      yield f'{prefix}{k}', v
+
+
+def _other(value):
+  """``(flag text, expected value)``: a value of ``value``'s type that differs from it."""
+  if isinstance(value, bool):
+    return str(not value), (not value)
+  if isinstance(value, int):
+    return str(value + 1), value + 1
+  if isinstance(value, float):
+    return repr(value + 0.5), value + 0.5
+  if isinstance(value, str):
+    return value + '_x', value + '_x'
+  if isinstance(value, tuple):
+    new = tuple(value) + (value[-1],) if value else (3,)
+    return repr(new), new
+  raise TypeError(f'no override rule for {type(value).__name__}')
+
+
+def _parse(config_file: str, override: str):
+  argv = ['prog', f'--config={config_file}', override]
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'config', flag_values=fv, lock_config=True,
+                                  sys_argv=argv)
+  fv(argv)
+  return fv.config
+
+
+def _get(config, path: str):
+  for k in path.split('.'):
+    config = config[k]
+  return config
+
+
+@pytest.mark.parametrize('name', sorted(CONFIGS))
+def test_every_key_can_be_overridden(name):
+  config_file = os.path.join(ROOT, 'configs', f'{name}.py')
+  leaves = list(_leaves(CONFIGS[name]().to_dict()))
+  # None has no type to parse a command-line value as: every key has a typed default.
+  assert not [p for p, v in leaves if v is None]
+  assert len(leaves) > 60
+  for path, value in leaves:
+    text, expected = _other(value)
+    got = _get(_parse(config_file, f'--config.{path}={text}'), path)
+    assert got == expected, (path, got, expected)
+
+
+def test_an_undeclared_key_is_an_error():
+  with pytest.raises(Exception, match='no_such_key'):
+    _parse(os.path.join(ROOT, 'configs', 'demo.py'), '--config.search.no_such_key=1')
+
+
+@pytest.mark.parametrize('name', sorted(CONFIGS))
+def test_configs_build(name):
+  """The registries know every name the config uses."""
+  c = CONFIGS[name]()
+  assert build.task(c).name == c.task
+  assert build.space(c).num_searched > 0
+  for head in (c.head.name, c.adapt.head):
+    assert head in build.HEADS
+  assert c.data.name in build.DATASETS
