@@ -12,13 +12,13 @@ import jax
 import numpy as np
 import pytest
 
-from fna_jax.data import demo
+from fna_jax import build
 from fna_jax.data import transforms as T
-from fna_jax.evaluation import evaluate, inference
 from fna_jax.models.init import random_like, variable_shapes
-from fna_jax.train import adapt
-from fna_jax.train.adapt_loop import build_network, load_network, read_search, run_adapt
-from fna_jax.train.checkpoint import load_variables
+from fna_jax.runtime.checkpoint import load_variables
+from fna_jax.tasks.seg import demo_data, inference
+from fna_jax.train import adapt, evaluate
+from fna_jax.train.adapt_loop import build_network, read_search, run_adapt
 
 from test_nan_guard import fake_search_dir, restore_state, tiny_adapt_config
 
@@ -35,7 +35,7 @@ def network(tmp_path_factory):
   arch, _ = read_search(fake_search_dir(c, tmp_path_factory.mktemp('search_eval')))
   model = build_network(arch, c)
   shapes = variable_shapes(model, (1, 32, 32, 3), train=False)
-  source = demo.DemoSegmentation('val', NUM_VAL, c.data.image_size, seed=c.data.data_seed)
+  source = demo_data.DemoSegmentation('val', NUM_VAL, c.data.image_size, seed=c.data.data_seed)
   # Random weights with BN statistics recomputed on the images (as parameter adaptation does
   # before fine-tuning): normalised features, so the predictions vary over the image (with the
   # initial statistics every pixel gets the same class).
@@ -96,7 +96,7 @@ def test_padded_last_batch_on_8_devices_matches_a_per_image_numpy_loop(network, 
   logits = []
   _spy(monkeypatch, 'predict_whole', logits)
   c.eval.update(mode='whole', batch_size=8)
-  result = evaluate.evaluate_network(model, variables, source, c, log=quiet)
+  result = evaluate.evaluate_network(build.task(c), model, variables, source, log=quiet)
   # 16 = 11 images + 5 padding examples, in 2 batches of 8 (one example per device).
   assert len(logits) == 2 and all(l.shape == (8, 32, 32, c.data.num_classes) for l in logits)
   preds = np.concatenate([np.argmax(l, -1) for l in logits])
@@ -118,9 +118,9 @@ def test_sliding_windows_as_large_as_the_image_equal_whole_image(network, monkey
   _spy(monkeypatch, 'predict_whole', whole)
   _spy(monkeypatch, 'sliding_window_logits', sliding)
   c.eval.update(mode='whole', batch_size=8)
-  r_whole = evaluate.evaluate_network(model, variables, source, c, log=quiet)
+  r_whole = evaluate.evaluate_network(build.task(c), model, variables, source, log=quiet)
   c.eval.update(mode='sliding', crop_size=c.data.image_size, overlap=2 / 3)
-  r_slide = evaluate.evaluate_network(model, variables, source, c, log=quiet)
+  r_slide = evaluate.evaluate_network(build.task(c), model, variables, source, log=quiet)
   assert len(whole) == len(sliding) == 2
   for w, s in zip(whole, sliding):
     np.testing.assert_array_equal(np.argmax(s, -1), np.argmax(w, -1))
@@ -160,7 +160,7 @@ def _assert_trees_equal(a, b):
 
 def test_saved_model_is_the_state_after_the_last_step(adapted):
   c, search_dir, workdir, result = adapted
-  model, saved, meta = load_network(os.path.join(workdir, 'model'))
+  model, saved, meta = build.load_network(os.path.join(workdir, 'model'), c)
   loaded, meta2 = load_variables(os.path.join(workdir, 'model'))
   assert meta == meta2 and meta['num_classes'] == c.data.num_classes
   _assert_trees_equal(saved, loaded)

@@ -20,11 +20,13 @@ import pytest
 
 from configs import demo as demo_config
 from fna_jax.models.init import variable_shapes
-from fna_jax.train import adapt, loop
-from fna_jax.train import mesh as mesh_lib
+from fna_jax import build
+from fna_jax.runtime import loop
+from fna_jax.runtime import mesh as mesh_lib
+from fna_jax.runtime import steps
+from fna_jax.runtime.checkpoint import RunCheckpoints
+from fna_jax.train import adapt
 from fna_jax.train.adapt_loop import build_network, read_search, run_adapt
-from fna_jax.train.checkpoint import RunCheckpoints
-from fna_jax.train.search_loop import make_space
 
 
 def tiny_adapt_config(tmp_path_factory, **adapt_kw):
@@ -50,7 +52,7 @@ def fake_search_dir(config, directory) -> str:
 
   With ``adapt.init='random'`` that is all parameter adaptation reads from a search run.
   """
-  space = make_space(config.space)
+  space = build.space(config)
   layers = space.searched_layers()
   arch = space.derive([0] * len(layers))
   os.makedirs(directory, exist_ok=True)
@@ -69,7 +71,7 @@ def restore_state(workdir, config, like, step=None):
   ac = config.adapt
   tx = adapt.finetune_optimizer(adapt.poly_schedule(ac.lr, ac.steps), ac.momentum,
                                 ac.weight_decay)
-  target = adapt.init_state(tx, like, jax.random.key(0))
+  target = steps.init_state(tx, like, jax.random.key(0))
   ckpts = RunCheckpoints(workdir)
   try:
     if step is None:

@@ -14,10 +14,11 @@ import jax
 import numpy as np
 import pytest
 
-from fna_jax.data import demo
 from fna_jax.data import transforms as T
 from fna_jax.models.init import random_like, variable_shapes
+from fna_jax.runtime import steps
 from fna_jax.tasks import seg
+from fna_jax.tasks.seg import demo_data
 from fna_jax.train import adapt
 from fna_jax.train.adapt_loop import build_network, read_search
 
@@ -91,13 +92,13 @@ def test_frozen_bn_step_keeps_backbone_statistics_and_trains_the_rest(tmp_path_f
   assert model.frozen_bn
   shapes = variable_shapes(model, (1, 32, 32, 3), train=False)
   variables = random_like(shapes, 0)
-  images = demo.DemoSegmentation('train', 4, 32, seed=0)
+  images = demo_data.DemoSegmentation('train', 4, 32, seed=0)
   batch = {'image': np.stack([T.normalize(images[i]['image']) for i in range(4)]),
            'label': np.stack([images[i]['label'] for i in range(4)]).astype(np.int32)}
   # No weight decay: whatever moves a parameter in this step is its gradient.
   tx = adapt.finetune_optimizer(lambda step: 0.1, momentum=0.9, weight_decay=0.0)
-  state = adapt.init_state(tx, variables, jax.random.key(0))
-  step = jax.jit(functools.partial(adapt.train_step, model, tx, seg.cross_entropy))
+  state = steps.init_state(tx, variables, jax.random.key(0))
+  step = jax.jit(functools.partial(steps.train_step, model, tx, seg.segmentation_loss))
   new, metrics = step(state, batch)
   assert np.isfinite(float(metrics['loss']))
   new = jax.device_get(new)

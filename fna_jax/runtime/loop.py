@@ -15,13 +15,18 @@ class NonFiniteLossError(FloatingPointError):
   """A loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
 
 
-def check_finite(step: int, metrics: dict, checkpoint_dir: str) -> None:
-  """Raises :class:`NonFiniteLossError` naming the step and the loss when one is not finite."""
+def check_finite(step: int, metrics: dict, checkpoints) -> None:
+  """Raises :class:`NonFiniteLossError` naming the step and the loss when one is not finite.
+
+  ``checkpoints`` (a :class:`~fna_jax.runtime.checkpoint.RunCheckpoints`) is closed first: the
+  last good checkpoint may still be being written in the background, and the error names it.
+  """
   for name, value in metrics.items():
     if 'loss' in name and not np.isfinite(value):
+      checkpoints.close()
       raise NonFiniteLossError(
           f'step {step}: {name} is {value}. The run stopped; its last good checkpoint is in '
-          f'{checkpoint_dir} (rerun the same command to resume from it, e.g. with a lower '
+          f'{checkpoints.directory} (rerun the same command to resume from it, e.g. with a lower '
           'learning rate).')
 
 

@@ -153,11 +153,7 @@ def run_adapt(config, workdir: str, search_dir: str, *, log=print,
       state, metrics = step_fn(state, mesh_lib.put_batch(next(data), mesh))
       progress.tick()
       host = {k: float(v) for k, v in metrics.items()}
-      try:
-        loop.check_finite(step, host, ckpts.directory)
-      except loop.NonFiniteLossError:
-        ckpts.close()  # the last good checkpoint may still be being written
-        raise
+      loop.check_finite(step, host, ckpts)
       if progress.due(step):
         progress.log(step, {'loss': host['loss'], 'lr': float(lr_fn(step - 1))})
       if loop.checkpoint_or_stop(step, start=start, total=total, every=config.checkpoint_every,

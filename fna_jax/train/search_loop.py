@@ -261,11 +261,7 @@ def run_search(config, workdir: str, *, log=print, stop_after: int | None = None
       metrics.update(loss=wm['loss'])
       progress.tick()
       host = {k: float(v) for k, v in metrics.items()}
-      try:
-        loop.check_finite(step, host, ckpts.directory)
-      except loop.NonFiniteLossError:
-        ckpts.close()  # the last good checkpoint may still be being written
-        raise
+      loop.check_finite(step, host, ckpts)
       if progress.due(step):
         history.append((step, probs(state)))
         fields = {'epoch': f'{(step - 1) // steps_per_epoch + 1}/{sc.epochs}',
