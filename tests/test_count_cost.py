@@ -2,8 +2,8 @@
 
 The script runs as a subprocess (as a user runs it); its figures are compared with
 :func:`fna_jax.cost.count` of networks built here independently, with the search's own
-:func:`~fna_jax.train.search_loop.derived_cost`, and with the paper's MobileNetV2 + DeepLabv3
-figures.
+:func:`~fna_jax.train.search_loop.derived_cost`, and, for MobileNetV2 + DeepLabv3, with the same
+network built in torch from torchvision's MobileNetV2 and with the paper's figures (Tab. 2).
 """
 
 import os
