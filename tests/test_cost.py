@@ -319,14 +319,21 @@ class XlaFlopsTest(parameterized.TestCase):
     self.assertEqual(layer.madds, kernel * kernel * c_in // groups * c_out * ho * ho)
     taps = _valid_taps(size, kernel, stride, dilation, dilation * (kernel - 1) // 2) ** 2
     flops = _xla_flops(module.apply, variables, x)
-    # Same count once the padding taps are taken out: 2 flops x batch x MAdds x valid fraction.
-    self.assertEqual(flops, 2 * 2 * layer.madds * taps / (kernel * kernel * ho * ho))
+    # XLA counts 2 flops per multiply-accumulate for each image of the batch (2 here); jax 0.10.2
+    # skips the taps that land on padding (exactly ``valid``, measured), a cost model that counted
+    # every tap would give ``every``.  XLA's cost analysis is its own and may change between
+    # versions, so accept either convention, with 1% for any bookkeeping flops: a wrong MAdds
+    # formula (groups, stride, dilation) is off by far more (factors of 2 or more).
+    every = 2 * 2 * layer.madds
+    valid = every * taps / (kernel * kernel * ho * ho)
+    self.assertBetween(flops, valid * 0.99, every * 1.01)
 
   def test_dense(self):
     module = nn.Dense(7, use_bias=False)
     variables, x = _abstract(module, (3, 5))
-    self.assertEqual(_xla_flops(module.apply, variables, x),
-                     2 * 3 * cost.count(module, variables, (3, 5)).madds)
+    # 2 flops per MAdd, 3 rows; within 1% (see test_single_conv: XLA's cost model, not ours).
+    expected = 2 * 3 * cost.count(module, variables, (3, 5)).madds
+    self.assertBetween(_xla_flops(module.apply, variables, x), expected * 0.99, expected * 1.01)
 
   def test_mobilenet_v2(self):
     """Whole network at 224: XLA flops / MAdds = 2.08 (measured, jax 0.10.2 CPU).

@@ -2,8 +2,8 @@
 
 The script runs as a subprocess (as a user runs it); its figures are compared with
 :func:`fna_jax.cost.count` of networks built here independently, with the search's own
-:func:`~fna_jax.train.search_loop.derived_cost`, and with the paper's MobileNetV2 + DeepLabv3
-figures.
+:func:`~fna_jax.train.search_loop.derived_cost`, and, for MobileNetV2 + DeepLabv3, with the same
+network built in torch from torchvision's MobileNetV2 and with the paper's figures (Tab. 2).
 """
 
 import os
@@ -71,11 +71,101 @@ def seed_as_space_choices(seed: arch_lib.Arch, space) -> list[str]:
   return choices
 
 
-def test_mobilenet_v2_matches_paper_deeplabv3_figures():
-  """MobileNetV2 + DeepLabv3 at 1024x2048: 2,567,507 params, 24.52 G MAdds (paper Tab. 2)."""
+# ----------------------------------------------------------------------------- torch reference
+def torch_deeplabv3_mobilenet_v2(num_classes=19, channels=256, rates=(6, 12, 18)):
+  """MobileNetV2 + DeepLabv3 (paper Sec. 4.1, Tab. 2) built in torch, independently of fna_jax.
+
+  Backbone: torchvision's ``mobilenet_v2().features`` without its last layer (the 1x1 conv to
+  1280), at output stride 16: the first 160-channel block (``features[14]``) runs with stride 1,
+  and it and every later block run their depthwise 3x3 conv with dilation 2 (padding 2, so the
+  sizes are those of stride 1).  Head (DeepLabv3 with depthwise-separable ASPP): a 1x1 branch,
+  three atrous branches (dw 3x3 dilation r, BN, ReLU, 1x1, BN, ReLU), image pooling (global
+  average, 1x1, BN, ReLU, upsampled), ``channels`` each; concat -> 1x1 -> BN -> ReLU -> dropout
+  -> 1x1 classifier with bias.
+  """
+  torch = pytest.importorskip('torch')
+  torchvision = pytest.importorskip('torchvision')
+  nn = torch.nn
+  F = torch.nn.functional
+
+  features = torchvision.models.mobilenet_v2(weights=None).features[:-1]
+  for block in features[14:]:
+    for m in block.modules():
+      if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3):
+        m.stride, m.dilation, m.padding = (1, 1), (2, 2), (2, 2)
+  c_in = features[-1].out_channels
+
+  def bn_relu(c):
+    return [nn.BatchNorm2d(c), nn.ReLU()]
+
+  class ASPPHead(nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.b0 = nn.Sequential(nn.Conv2d(c_in, channels, 1, bias=False), *bn_relu(channels))
+      self.atrous = nn.ModuleList([nn.Sequential(
+          nn.Conv2d(c_in, c_in, 3, padding=r, dilation=r, groups=c_in, bias=False),
+          *bn_relu(c_in),
+          nn.Conv2d(c_in, channels, 1, bias=False), *bn_relu(channels)) for r in rates])
+      self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c_in, channels, 1, bias=False),
+                                *bn_relu(channels))
+      self.project = nn.Sequential(nn.Conv2d((len(rates) + 2) * channels, channels, 1, bias=False),
+                                   *bn_relu(channels), nn.Dropout(0.1))
+      self.classifier = nn.Conv2d(channels, num_classes, 1, bias=True)
+
+    def forward(self, x):
+      pooled = F.interpolate(self.pool(x), size=x.shape[-2:], mode='bilinear')
+      y = torch.cat([self.b0(x), *[b(x) for b in self.atrous], pooled], dim=1)
+      return self.classifier(self.project(y))
+
+  return nn.Sequential(features, ASPPHead()).eval()
+
+
+def torch_count(net, input_size):
+  """``(params, madds, bias_madds)`` of a torch network for one image, by forward hooks.
+
+  ``madds``: ``k_h * k_w * C_in / groups * C_out * H_out * W_out`` per ``nn.Conv2d`` and
+  ``in * out`` per position of ``nn.Linear``; ``bias_madds``: the ``C_out * H_out * W_out`` more
+  that a counter adding one accumulate per output of a layer with a bias would count (the
+  authors' counter does, for convs).  The forward runs on torch's meta device: shapes only.
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+  totals = {'madds': 0, 'bias': 0}
+
+  def hook(m, inputs, out):
+    if isinstance(m, torch.nn.Conv2d):
+      k_h, k_w = m.kernel_size
+      totals['madds'] += k_h * k_w * m.in_channels // m.groups * out[0].numel()
+    else:
+      totals['madds'] += m.in_features * out[0].numel()
+    if m.bias is not None:
+      totals['bias'] += out[0].numel()
+
+  params = sum(p.numel() for p in net.parameters())
+  handles = [m.register_forward_hook(hook) for m in net.modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+  try:
+    with torch.no_grad():
+      net.to('meta')(torch.empty(1, 3, *input_size, device='meta'))
+  finally:
+    for h in handles:
+      h.remove()
+  return params, totals['madds'], totals['bias']
+
+
+def test_mobilenet_v2_deeplabv3_matches_torch_and_paper():
+  """MobileNetV2 + DeepLabv3, 19 classes, OS 16, at 1024x2048: the script's count equals the count
+  of the same network built in torch; both are the paper's 2.57M / 24.52B (Tab. 2)."""
+  params, madds, bias_madds = torch_count(torch_deeplabv3_mobilenet_v2(19), (1024, 2048))
   got = count_cli(CITYSCAPES, 'mobilenet_v2', (1024, 2048))
-  assert got.params == 2_567_507
-  assert round(got.madds / 1e9, 2) == 24.52
+  assert got.params == params
+  # fna_jax.cost counts no accumulate for biases (its docstring); the only conv with a bias here
+  # is the classifier: 19 x 64 x 128 = 155,648 MAdds, 0.0006% of the total.
+  assert bias_madds == 19 * (1024 // 16) * (2048 // 16)
+  assert got.madds == madds
+  # The paper's rounded figures (2.57M params, 24.52B MAdds): within 0.5%.
+  assert abs(got.params / 2.57e6 - 1) < 5e-3, got.params
+  assert abs(got.madds / 24.52e9 - 1) < 5e-3, got.madds
 
 
 def test_mobilenet_v2_is_the_seed_as_the_seg_space_runs_it():
