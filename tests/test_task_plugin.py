@@ -13,6 +13,7 @@ import json
 import os
 
 import flax.linen as nn
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,6 +22,7 @@ import optax
 from configs import demo as demo_config
 from fna_jax import build
 from fna_jax.data import demo, pipeline
+from fna_jax.data import transforms as T
 from fna_jax.runtime import mesh as mesh_lib
 from fna_jax.runtime.checkpoint import RunCheckpoints
 from fna_jax.tasks import base
@@ -72,6 +74,12 @@ class AccuracyEvaluator(base.Evaluator):
     return f'accuracy {self.correct}/{self.total}'
 
 
+class ClsEvalTransform(grain.transforms.Map):
+  def map(self, element):
+    return {'image': T.normalize(np.asarray(element['image'])),
+            'label': np.int32(element['label'])}
+
+
 class ToyClassification(base.Task):
   name = 'toy_cls'
   metric = 'accuracy'
@@ -95,7 +103,7 @@ class ToyClassification(base.Task):
             'label': jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
 
   def eval_data(self, source, *, batch_size):
-    ds = pipeline.eval_dataset(source, None, batch_size, pipeline.ClsTransform(flip=False),
+    ds = pipeline.eval_dataset(source, None, batch_size, ClsEvalTransform(),
                                pad_remainder=True, shard_by_process=True)
     return iter(pipeline.iter_dataset(ds, 0, 1, 2))
 
