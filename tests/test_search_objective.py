@@ -268,14 +268,12 @@ def test_weight_steps_match_plain_sgd_on_the_reported_path(setup):
   to64 = lambda tree: jax.tree.map(lambda x: np.asarray(x, np.float64), tree)
   p = to64(variables['params'])
   buf = jax.tree.map(np.zeros_like, p)
-  paths = []
   for t, (uniform, seed) in enumerate([(True, 10), (False, 11)]):
     b = batch(seed)
     params_before, stats_before = state.params, state.batch_stats
     state, m = w_step(state, b, jnp.asarray(uniform))
     path = np.asarray(m['path'])
     assert path.shape == (3,) and np.all(mask[np.arange(3), path])
-    paths.append(path)
     grads, _ = setup['ref'](params_before, stats_before, b, jax.nn.one_hot(path, 3))
     grads = to64(grads)
     lr_t = lr_by_hand(t, lr=0.1, lr_start=0.01, lr_end=0.001, warmup=4, total=10)
