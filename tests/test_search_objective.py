@@ -24,10 +24,10 @@ from configs import demo as demo_config
 from fna_jax.arch import Arch, Stage, Stem
 from fna_jax.models import supernet as sn
 from fna_jax.models.init import init_variables
-from fna_jax.models.segmentation import SegmentationNet
+from fna_jax.runtime import mesh as mesh_lib
 from fna_jax.spaces import SearchSpace, SpaceStage
 from fna_jax.tasks import seg
-from fna_jax.train import mesh as mesh_lib
+from fna_jax.tasks.seg.network import SegmentationNet
 from fna_jax.train import search
 from fna_jax.train import search_loop
 
@@ -133,7 +133,7 @@ def setup():
 
   def arch(state, b, lam, task_scale):
     f = dataclasses.replace(
-        fns, lam=lam, loss_fn=lambda logits, labels: task_scale * seg.cross_entropy(logits, labels))
+        fns, lam=lam, loss_fn=lambda logits, batch: task_scale * seg.segmentation_loss(logits, batch))
     return search.arch_step(f, state, b)
 
   def ref(params, batch_stats, b, w):
@@ -151,7 +151,7 @@ def make_fns(space, model, table, *, lam, sched=None, w_kw=None):
   sched = sched or search.Schedule(total_steps=20, warmup_steps=0, lr_warmup_steps=4)
   opt_w, _ = search.weight_optimizer(sched, **(w_kw or {}))
   opt_a = search.arch_optimizer(lr=A_LR, weight_decay=A_WD, b1=A_B1, b2=A_B2)
-  return search.SearchFns(model, space, seg.cross_entropy, table, lam, opt_w, opt_a)
+  return search.SearchFns(model, space, seg.segmentation_loss, table, lam, opt_w, opt_a)
 
 
 # --------------------------------------------------------------------------- 1. cost (Eq. 9)
