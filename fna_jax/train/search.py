@@ -109,7 +109,8 @@ def arch_optimizer(*, lr: float = 1e-3, weight_decay: float = 4e-5, b1: float = 
 # --------------------------------------------------------------------------- steps
 @dataclasses.dataclass(frozen=True)
 class SearchFns:
-  """The pieces a step needs; built once by :func:`make_search_fns`."""
+  """The pieces a step needs; built once by
+  :func:`fna_jax.train.search_loop.make_search_fns`."""
   model: Any                      # task network with a Supernet body
   space: SearchSpace
   loss_fn: Callable               # (outputs, batch) -> scalar: the task's loss

@@ -72,6 +72,22 @@ def init_supernet_variables(model, space, config, seed_arch, seed_vars, log) -> 
   return variables
 
 
+def make_search_fns(config, model, space: spaces.SearchSpace, table: np.ndarray,
+                    schedule: search.Schedule) -> tuple[search.SearchFns, Any]:
+  """The steps' pieces for ``model`` (the task network over ``space``'s supernet): the task's
+  loss, the cost ``table`` and the optimisers of ``config.search`` (paper Sec. 4.1.1: SGD with
+  momentum and weight decay for the weights, lr warm-up then cosine over ``schedule``; Adam for
+  the alphas).  Returns ``(fns, lr_fn)``, ``lr_fn`` the weights' learning rate per step."""
+  sc = config.search
+  opt_w, lr_fn = search.weight_optimizer(schedule, lr=sc.w_lr, lr_start=sc.w_lr_start,
+                                         lr_end=sc.w_lr_end, momentum=sc.w_momentum,
+                                         weight_decay=sc.w_weight_decay)
+  opt_a = search.arch_optimizer(lr=sc.a_lr, weight_decay=sc.a_weight_decay, b1=sc.a_b1,
+                                b2=sc.a_b2)
+  return search.SearchFns(model, space, build.task(config).loss, table, sc.lam, opt_w,
+                          opt_a), lr_fn
+
+
 def derived_cost(space, choices, config) -> cost_lib.Cost:
   """Params and MAdds of the derived task network at the task's cost input size (one image)."""
   net = build.task_network(config, space.derive(choices))
@@ -196,12 +212,7 @@ def run_search(config, workdir: str, *, log=print, stop_after: int | None = None
   shapes = variable_shapes(model, (1, h, w, 3), train=False)
   table = search.cost_table(model, shapes, space, (1, *task.cost_input_size(), 3))
   sched = search.Schedule(total, warmup, sc.w_lr_warmup_epochs * steps_per_epoch)
-  opt_w, lr_fn = search.weight_optimizer(sched, lr=sc.w_lr, lr_start=sc.w_lr_start,
-                                         lr_end=sc.w_lr_end, momentum=sc.w_momentum,
-                                         weight_decay=sc.w_weight_decay)
-  opt_a = search.arch_optimizer(lr=sc.a_lr, weight_decay=sc.a_weight_decay, b1=sc.a_b1,
-                                b2=sc.a_b2)
-  fns = search.SearchFns(model, space, task.loss, table, sc.lam, opt_w, opt_a)
+  fns, lr_fn = make_search_fns(config, model, space, table, sched)
   batch_shapes = task.batch_shapes(sc.batch_size, 'search')
   pool = futures.ThreadPoolExecutor(1, thread_name_prefix='search-steps')
   compiling = pool.submit(
