@@ -12,6 +12,7 @@ from fna_jax import arch as arch_lib
 from fna_jax import models, seeds
 from fna_jax.models.init import init_variables
 from fna_jax.runtime import loop
+from fna_jax.runtime import mesh as mesh_lib
 from fna_jax.runtime.checkpoint import RunCheckpoints
 from fna_jax.train.search_loop import run_search
 
@@ -84,18 +85,36 @@ def test_remap_from_seed_checkpoint(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_nan_loss_stops_with_last_good_checkpoint(tmp_path_factory):
-  c = tiny_config(tmp_path_factory, w_lr=1e12, w_lr_start=1e12, w_lr_end=1e11)
+def test_nan_loss_stops_with_last_good_checkpoint(tmp_path_factory, monkeypatch):
+  """The search's own wiring of the NaN guard: a NaN weight batch after the step-3 checkpoint
+  stops the run at that step, the step-3 checkpoint is finite, and a rerun resumes from it."""
+  c = tiny_config(tmp_path_factory)
   workdir = str(tmp_path_factory.mktemp('nan'))
-  with pytest.raises(loop.NonFiniteLossError, match=r'step \d+: loss is nan'):
+  real_put_batch = mesh_lib.put_batch
+  weight_batches = []
+
+  def poisoned(batch, mesh):  # warm-up steps (1-8) put one weight batch each
+    weight_batches.append(1)
+    if len(weight_batches) == 5:
+      image = np.array(batch['image'])
+      image.flat[0] = np.nan
+      batch = dict(batch, image=image)
+    return real_put_batch(batch, mesh)
+
+  monkeypatch.setattr(mesh_lib, 'put_batch', poisoned)
+  with pytest.raises(loop.NonFiniteLossError, match=r'^step 5: loss is nan'):
     run_search(c, workdir, log=lambda s: None)
   ckpts = RunCheckpoints(workdir)
-  step = ckpts.latest_step()
-  if step is not None:  # whatever was saved is finite
-    restored = ckpts.manager.restore(step)
-    leaves = jax.tree.leaves(restored['state'])
-    assert all(np.all(np.isfinite(np.asarray(x))) for x in leaves if hasattr(x, 'dtype') and
-               np.issubdtype(np.asarray(x).dtype, np.floating))
+  assert ckpts.latest_step() == 3  # checkpoint_every=3
+  restored = ckpts.manager.restore(3)
+  leaves = [np.asarray(x) for x in jax.tree.leaves(restored['state'])
+            if np.issubdtype(np.asarray(x).dtype, np.floating)]
+  assert len(leaves) > 10 and all(np.all(np.isfinite(x)) for x in leaves)
+  ckpts.close()
+  monkeypatch.undo()
+  lines = []
+  assert run_search(c, workdir, log=lines.append) is not None
+  assert any(l.startswith('resumed from') and l.endswith('at step 3') for l in lines), lines
 
 
 def test_missing_seed_checkpoint_says_how_to_convert(tmp_path_factory):
