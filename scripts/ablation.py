@@ -15,8 +15,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from fna_jax import cli  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'a configs/*.py file',
                                           lock_config=True)
@@ -30,10 +32,13 @@ def main(argv):
   from fna_jax import cost as cost_lib
   from fna_jax.train.fna import ROWS, run_fna
   workdir = _WORKDIR.value
+  rows = [int(r) if r.strip().isdigit() else r for r in _ROWS.value]
+  bad = [r for r in rows if r not in ROWS]
+  if bad:  # before any row runs
+    sys.exit(f'ablation.py: error: --rows: no row {", ".join(map(str, bad))}; Tab. 13 rows here '
+             f'are {",".join(map(str, sorted(ROWS)))}')
   results = {}
-  for row in (int(r) for r in _ROWS.value):
-    if row not in ROWS:
-      raise ValueError(f'--rows: no row {row}; Tab. 13 rows here are {sorted(ROWS)}')
+  for row in rows:
     search_init, adapt_init, name = ROWS[row]
     config = copy.deepcopy(_CONFIG.value)
     with config.unlocked():
@@ -59,4 +64,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  cli.run(main)

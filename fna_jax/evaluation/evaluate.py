@@ -114,7 +114,7 @@ def run_evaluation(config, model_dir: str, out_dir: str | None = None, *, log=pr
     model_dir = os.path.join(model_dir, 'model')
   model, variables, meta = load_network(model_dir, config)
   if meta['num_classes'] != config.data.num_classes:
-    raise ValueError(f'{model_dir} predicts {meta["num_classes"]} classes but the config\'s data '
+    raise checks.ModelMismatchError(f'{model_dir} predicts {meta["num_classes"]} classes but the config\'s data '
                      f'({config.data.name}) has {config.data.num_classes}')
   checks.check_variables_match(variable_shapes(model, (1, 64, 64, 3), train=False), variables,
                                what=model_dir)

@@ -47,7 +47,11 @@ def read_search(search_dir: str) -> tuple[arch_lib.Arch, list]:
         f'{search_dir} is not a finished search run: {", ".join(missing)} missing. Run '
         f'`python scripts/search.py --config=... --workdir={search_dir}` to the end first.')
   with open(paths[0]) as f:
-    arch = arch_lib.Arch.from_json(f.read())
+    text = f.read()
+  try:
+    arch = arch_lib.Arch.from_json(text)
+  except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError and ArchError are ValueErrors
+    raise arch_lib.ArchError(f'{paths[0]}: cannot read the derived architecture: {e!r}') from None
   with open(paths[1]) as f:
     choices = json.load(f)['choices']
   return arch, choices
@@ -200,6 +204,12 @@ def load_network(model_dir: str, config=None):
   """
   import ml_collections
   variables, meta = load_variables(model_dir)
+  if 'arch' not in meta:
+    from fna_jax.evaluation.checks import ModelMismatchError
+    raise ModelMismatchError(
+        f'{model_dir} holds no fine-tuned network (its record has {sorted(meta)}, not an '
+        "architecture; a search's supernet/?): pass the work directory of a parameter "
+        'adaptation (or its model/)')
   arch = arch_lib.Arch.from_dict(meta['arch'])
   c = ml_collections.ConfigDict({'head': meta['head_config'],
                                  'data': {'num_classes': meta['num_classes']},
