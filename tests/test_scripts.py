@@ -344,6 +344,13 @@ def test_ablation_rows_share_one_search(ablation_run):
   assert results['1']['arch'] == results['4']['arch']
   assert 'remapped from the searched supernet' in proc.stdout
   assert 'adapt: random initialisation' in proc.stdout
+  # Same search, data, seed and steps: only the initialisation differs between the two rows,
+  # so their fine-tuned backbones differ if and only if row 4 did not start from the supernet.
+  row1, _ = load_variables(workdir / 'row1' / 'adapt' / 'model')
+  row4, _ = load_variables(workdir / 'row4' / 'adapt' / 'model')
+  distance = sum(float(np.abs(a - b).sum()) for a, b in zip(
+      jax.tree.leaves(row1['params']['backbone']), jax.tree.leaves(row4['params']['backbone'])))
+  assert distance > 0
 
 
 @pytest.mark.slow
