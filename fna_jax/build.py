@@ -28,7 +28,7 @@ from fna_jax import arch as arch_lib
 from fna_jax import ops, pretrain, seeds, spaces
 from fna_jax.models import Backbone
 from fna_jax.models.supernet import Supernet
-from fna_jax.runtime import checkpoint, loop
+from fna_jax.runtime import checkpoint, checks, loop
 from fna_jax.runtime import mesh as mesh_lib
 from fna_jax.tasks.base import Task
 from fna_jax.tasks.seg import DeepLabV3Head, DeepLabV3PlusHead, SegmentationTask
@@ -205,6 +205,11 @@ def load_network(model_dir: str, config):
   ``config`` supplies the rest (e.g. ``conv_impl``).
   """
   variables, meta = checkpoint.load_variables(model_dir)
+  if 'arch' not in meta:
+    raise checks.ModelMismatchError(
+        f'{model_dir} holds no fine-tuned network (its record has {sorted(meta)}, not an '
+        "architecture; a search's supernet/?): pass the work directory of a parameter "
+        'adaptation (or its model/)')
   c = ml_collections.ConfigDict(config.to_dict())
   c.task = meta.get('task', 'seg')
   c.head.update({k: tuple(v) if isinstance(v, list) else v

@@ -13,8 +13,10 @@ import json
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
+
+from fna_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'a configs/*.py file',
                                           lock_config=True)
@@ -29,10 +31,13 @@ def main(argv):
   from fna_jax.train import ablation
   from fna_jax.train.fna import run_fna
   workdir = _WORKDIR.value
+  rows = [int(r) if r.strip().isdigit() else r for r in _ROWS.value]
+  bad = [r for r in rows if r not in ablation.ROWS]
+  if bad:  # before any row runs
+    sys.exit(f'ablation.py: error: --rows: no row {", ".join(map(str, bad))}; Tab. 13 rows here '
+             f'are {",".join(map(str, sorted(ablation.ROWS)))}')
   results = {}
-  for row in (int(r) for r in _ROWS.value):
-    if row not in ablation.ROWS:
-      raise ValueError(f'--rows: no row {row}; Tab. 13 rows here are {sorted(ablation.ROWS)}')
+  for row in rows:
     r = ablation.ROWS[row]
     config = copy.deepcopy(_CONFIG.value)
     ablation.apply(config, r)
@@ -58,4 +63,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  cli.run(main)

@@ -25,7 +25,7 @@ from absl import app
 from absl import flags
 
 from configs import seg_cityscapes
-from fna_jax import ops
+from fna_jax import cli, ops
 from fna_jax.bench import measure
 from fna_jax.bench import search as search_bench
 from fna_jax.bench import seed as seed_bench
@@ -116,4 +116,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

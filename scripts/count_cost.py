@@ -19,11 +19,12 @@ The head is the config's (``config.head``: DeepLabv3 for Cityscapes) with
 
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from fna_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'a configs/*.py file',
                                           lock_config=True)
@@ -96,4 +97,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config', 'arch'])
-  app.run(main)
+  cli.run(main)

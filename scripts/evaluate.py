@@ -10,10 +10,11 @@ to ``--out_dir`` (default ``<model_dir>/eval``): ``eval.json``, ``iou.txt`` and
 """
 
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
+
+from fna_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'a configs/*.py file',
                                           lock_config=True)
@@ -32,4 +33,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config', 'model_dir'])
-  app.run(main)
+  cli.run(main)

@@ -15,11 +15,9 @@ from fna_jax.train.evaluate import run_evaluation
 from fna_jax.models import Backbone
 from fna_jax.models import supernet as sn
 from fna_jax.tasks.seg.heads import DeepLabV3Head, DeepLabV3PlusHead
-from fna_jax.models.init import init_variables, random_like, variable_shapes
+from fna_jax.models.init import init_variables, variable_shapes
 from fna_jax.tasks.seg.network import SegmentationNet
 from fna_jax import build
-from fna_jax.runtime import mesh as mesh_lib
-from fna_jax.runtime import steps
 from fna_jax.train import adapt
 from fna_jax.train.adapt_loop import run_adapt
 from fna_jax.runtime.checkpoint import RunCheckpoints, save_variables

@@ -5,6 +5,7 @@ import os
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from configs import demo as demo_config
@@ -106,7 +107,8 @@ def test_nan_loss_stops_with_last_good_checkpoint(tmp_path_factory, monkeypatch)
     run_search(c, workdir, log=lambda s: None)
   ckpts = RunCheckpoints(workdir)
   assert ckpts.latest_step() == 3  # checkpoint_every=3
-  restored = ckpts.manager.restore(3)
+  restored = ckpts.manager.restore(3, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
   leaves = [np.asarray(x) for x in jax.tree.leaves(restored['state'])
             if np.issubdtype(np.asarray(x).dtype, np.floating)]
   assert len(leaves) > 10 and all(np.all(np.isfinite(x)) for x in leaves)

@@ -8,7 +8,11 @@ import jax
 import numpy as np
 
 
-class VariableMismatchError(ValueError):
+class ModelMismatchError(ValueError):
+  """A saved network does not fit what it is used as (its variables, classes or kind)."""
+
+
+class VariableMismatchError(ModelMismatchError):
   """Two variable trees differ in their paths or shapes.
 
   Attributes:

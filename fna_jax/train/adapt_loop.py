@@ -45,7 +45,11 @@ def read_search(search_dir: str) -> tuple[arch_lib.Arch, list]:
         f'{search_dir} is not a finished search run: {", ".join(missing)} missing. Run '
         f'`python scripts/search.py --config=... --workdir={search_dir}` to the end first.')
   with open(paths[0]) as f:
-    arch = arch_lib.Arch.from_json(f.read())
+    text = f.read()
+  try:
+    arch = arch_lib.Arch.from_json(text)
+  except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError and ArchError are ValueErrors
+    raise arch_lib.ArchError(f'{paths[0]}: cannot read the derived architecture: {e!r}') from None
   with open(paths[1]) as f:
     choices = json.load(f)['choices']
   return arch, choices

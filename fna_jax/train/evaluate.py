@@ -63,11 +63,13 @@ def run_evaluation(config, model_dir: str, out_dir: str | None = None, *, log=pr
     model_dir = os.path.join(model_dir, 'model')
   model, variables, meta = build.load_network(model_dir, config)
   if meta.get('task', 'seg') != config.task:
-    raise ValueError(f'{model_dir} is a {meta.get("task", "seg")!r} network but the config\'s '
-                     f'task is {config.task!r}')
+    raise checks.ModelMismatchError(
+        f'{model_dir} is a {meta.get("task", "seg")!r} network but the config\'s task is '
+        f'{config.task!r}')
   if meta['num_classes'] != config.data.num_classes:
-    raise ValueError(f'{model_dir} predicts {meta["num_classes"]} classes but the config\'s data '
-                     f'({config.data.name}) has {config.data.num_classes}')
+    raise checks.ModelMismatchError(
+        f'{model_dir} predicts {meta["num_classes"]} classes but the config\'s data '
+        f'({config.data.name}) has {config.data.num_classes}')
   checks.check_variables_match(variable_shapes(model, (1, 64, 64, 3), train=False), variables,
                                what=model_dir)
   val = build.dataset(config, 'val')
