@@ -110,7 +110,7 @@ def test_nan_loss_stops_with_last_good_checkpoint(tmp_path_factory, monkeypatch)
   restored = ckpts.manager.restore(3, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
   leaves = [np.asarray(x) for x in jax.tree.leaves(restored['state'])
-            if np.issubdtype(np.asarray(x).dtype, np.floating)]
+            if jax.numpy.issubdtype(x.dtype, jax.numpy.floating)]
   assert len(leaves) > 10 and all(np.all(np.isfinite(x)) for x in leaves)
   ckpts.close()
   monkeypatch.undo()
