@@ -14,24 +14,21 @@ its own rows of each global batch through :func:`fna_jax.runtime.mesh.put_batch`
 
 from __future__ import annotations
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from fna_jax.arch import Stem  # noqa: E402
-from fna_jax.models import supernet as sn  # noqa: E402
-from fna_jax.tasks.seg.heads import DeepLabV3Head  # noqa: E402
-from fna_jax.models.init import init_variables  # noqa: E402
-from fna_jax.tasks.seg.network import SegmentationNet  # noqa: E402
-from fna_jax.spaces import SearchSpace, SpaceStage  # noqa: E402
-from fna_jax.tasks import seg  # noqa: E402
-from fna_jax.runtime import mesh as mesh_lib  # noqa: E402
-from fna_jax.train import search  # noqa: E402
+from fna_jax.arch import Stem
+from fna_jax.models import supernet as sn
+from fna_jax.models.init import init_variables
+from fna_jax.runtime import mesh as mesh_lib
+from fna_jax.spaces import SearchSpace, SpaceStage
+from fna_jax.tasks import seg
+from fna_jax.tasks.seg.heads import DeepLabV3Head
+from fna_jax.tasks.seg.network import SegmentationNet
+from fna_jax.train import search
 
 OPS = ('k3_e3', 'k5_e6')
 GLOBAL_BATCH = 8   # images per step over all processes

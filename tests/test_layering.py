@@ -101,11 +101,12 @@ def _package_level(name: str) -> str:
   return '.'.join(parts[:2])
 
 
-def test_parser_sees_function_level_imports():
-  graph = _graph(_module_level)
-  # fna_jax.models.build imports fna_jax.arch inside the function.
-  assert 'fna_jax.arch' in graph['fna_jax.models']
-  assert 'fna_jax.build' in graph['fna_jax.train.search_loop']
+def test_parser_sees_function_level_imports(tmp_path):
+  path = tmp_path / 'mod.py'
+  path.write_text('import os\n\ndef f():\n  from fna_jax.train import search\n'
+                  '  import fna_jax.build\n')
+  assert _imports('fna_jax.x', str(path), _modules()) == {'fna_jax.train.search', 'fna_jax.build'}
+  assert 'fna_jax.build' in _graph(_module_level)['fna_jax.train.search_loop']
 
 
 def test_no_cycle_between_modules():

@@ -4,6 +4,7 @@
 ``Backbone`` is its body.  Inputs are NHWC float32 images normalised as torchvision does.
 """
 
+from fna_jax import arch as arch_lib
 from fna_jax.models.backbone import Backbone, Classifier, Stage
 from fna_jax.models.blocks import BasicBlock, Bottleneck, MBConv, make_block
 from fna_jax.ops import Conv
@@ -15,7 +16,6 @@ def build(arch, num_classes: int = 1000, conv=Conv) -> Classifier:
   Use as ``variables = module.init(rng, x, train=False)``; ``x`` is ``(N, H, W, 3)`` float32.
   ``conv``: the convolution module (:func:`fna_jax.ops.conv_module` fixes its implementation).
   """
-  from fna_jax import arch as arch_lib
   if isinstance(arch, str):
     arch = arch_lib.seed(arch)
   return Classifier(arch, num_classes, conv)
