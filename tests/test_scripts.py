@@ -29,10 +29,10 @@ from configs import demo as demo_config
 from fna_jax import arch as arch_lib
 from fna_jax.arch import SKIP
 from fna_jax import build
-from fna_jax.data import demo as demo_data
+from fna_jax.data import demo
 from fna_jax.models.init import random_like, variable_shapes
 from fna_jax.runtime.checkpoint import load_variables, save_variables
-from fna_jax.tasks.seg import cityscapes, visualize
+from fna_jax.tasks.seg import cityscapes, demo_data, visualize
 from fna_jax.train import ablation
 from fna_jax.train.ablation import ROWS
 from fna_jax.train.adapt_loop import build_network
@@ -251,7 +251,7 @@ def test_adapt_stage_outputs(stage_runs):
   assert arch_lib.Arch.from_json((adapt_dir / 'arch.json').read_text()) == arch
   model, variables, meta = build.load_network(str(adapt_dir / 'model'), tiny_config())
   assert arch_lib.Arch.from_dict(meta['arch']) == arch
-  assert meta['num_classes'] == demo_data.NUM_CLASSES
+  assert meta['num_classes'] == demo.NUM_CLASSES
   assert summary['params'] == param_count(variables)
   # The search counted the same network (the demo searches and fine-tunes with DeepLabv3+).
   assert (summary['params'], summary['madds']) == (search_summary['params'],
@@ -271,7 +271,7 @@ def test_evaluate_stage_outputs_match_an_independent_evaluation(stage_runs):
 
   # The script's prediction of every validation image, read back from predictions/NNN.png
   # (input | ground truth | prediction; the stage run shows all of them).
-  size, n, k = TINY['data.image_size'], TINY['data.num_val'], demo_data.NUM_CLASSES
+  size, n, k = TINY['data.image_size'], TINY['data.num_val'], demo.NUM_CLASSES
   val = demo_data.DemoSegmentation('val', n, size, seed=demo_config.get_config().data.data_seed)
   examples = [val[i] for i in range(n)]
   labels = np.stack([e['label'] for e in examples]).astype(np.int64)
@@ -299,7 +299,7 @@ def test_evaluate_stage_outputs_match_an_independent_evaluation(stage_runs):
   cm = np.bincount(labels[counted] * k + shown[counted], minlength=k * k).reshape(k, k)
   tp, union = np.diag(cm), cm.sum(0) + cm.sum(1) - np.diag(cm)
   iou = [tp[c] / union[c] if union[c] else None for c in range(k)]
-  got = [ev['iou'][name] for name in demo_data.CLASS_NAMES]
+  got = [ev['iou'][name] for name in demo.CLASS_NAMES]
   assert [g is None for g in got] == [i is None for i in iou]
   defined = [i for i in iou if i is not None]
   np.testing.assert_allclose([g for g in got if g is not None], defined, rtol=1e-12)
@@ -317,7 +317,7 @@ def test_evaluate_stage_outputs_match_an_independent_evaluation(stage_runs):
   assert np.mean(preds == shown) >= 0.998
 
   table = (out / 'iou.txt').read_text()
-  for name, v in zip(demo_data.CLASS_NAMES, iou):
+  for name, v in zip(demo.CLASS_NAMES, iou):
     assert re.search(rf'^{name}\s+{"n/a" if v is None else f"{100 * v:.2f}"}$', table, re.M), name
   assert re.search(rf'^mIoU\s+{100 * np.mean(defined):.2f}\b', table, re.M), table
 
@@ -561,7 +561,7 @@ def test_evaluate_a_model_of_another_number_of_classes(env, tmp_path):
   proc = run_script('evaluate.py', f'--config={CITYSCAPES}', f'--model_dir={model_dir}',
                     f'--config.data.data_dir={tmp_path}/no_data', env=env,
                     timeout=ERROR_TIMEOUT_S)
-  check_error(proc, 'evaluate.py', f'{model_dir} predicts {demo_data.NUM_CLASSES} classes',
+  check_error(proc, 'evaluate.py', f'{model_dir} predicts {demo.NUM_CLASSES} classes',
               f'has {cityscapes.NUM_CLASSES}')
 
 
