@@ -9,8 +9,6 @@ to ``--out_dir`` (default ``<model_dir>/eval``): ``eval.json``, ``iou.txt`` and
 ``predictions/*.png`` (input | ground truth | prediction).
 """
 
-import os
-
 from absl import flags, logging
 from ml_collections import config_flags
 
@@ -26,9 +24,7 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   from fna_jax.train.evaluate import run_evaluation
-  model_dir = _MODEL_DIR.value
-  out_dir = _OUT_DIR.value or os.path.join(model_dir.rstrip('/').removesuffix('/model'), 'eval')
-  run_evaluation(_CONFIG.value, model_dir, out_dir)
+  run_evaluation(_CONFIG.value, _MODEL_DIR.value, _OUT_DIR.value)
 
 
 if __name__ == '__main__':
