@@ -16,7 +16,8 @@ layers map ``c_out -> c_out`` with stride 1.  The first layer can never be ``ski
 architecture, real layers come first and skips last (see :meth:`Arch.skips_last`).
 
 The release notation of the authors' code (github.com/JaminFong/FNA) is one line per stage,
-``[[C_in, C_out], [op, ...], stride]``, joined by ``|`` and newlines.
+``[[C_in, C_out], [op, ...], stride]``, joined by ``|`` and newlines.  It has no dilation: strides
+are written as before output-stride conversion (see :meth:`Arch.to_release_string`).
 """
 
 from __future__ import annotations
@@ -251,13 +252,42 @@ class Arch:
     return self.with_ops([[o for o in st.ops if o != SKIP] + [o for o in st.ops if o == SKIP]
                           for st in self.stages])
 
+  def base_strides(self) -> tuple[int, ...]:
+    """Each stage's stride before any stride was traded for dilation.
+
+    :meth:`with_output_stride` runs a stage whose stride 2 was traded with stride 1 and twice the
+    previous stage's dilation, so the stride before conversion is recovered from the dilations: a
+    stage whose dilation doubled relative to the previous stage (the stem counts as dilation 1)
+    had stride 2.  Raises :class:`ArchError` for dilations that no such trade produces (a ratio
+    other than 1 or 2, or a doubling on a stage that still has stride 2).
+    """
+    out, prev = [], 1
+    for i, st in enumerate(self.stages):
+      ratio, rest = divmod(st.dilation, prev)
+      if rest or ratio not in (1, 2) or (ratio == 2 and st.stride != 1):
+        raise ArchError(f'stage {i}: dilation {st.dilation} after dilation {prev} with stride '
+                        f'{st.stride} is not a stride traded for dilation')
+      out.append(st.stride * ratio)
+      prev = st.dilation
+    return tuple(out)
+
+  def undilated(self) -> 'Arch':
+    """The architecture before output-stride conversion: :meth:`base_strides`, dilation 1."""
+    return self.replace(stages=tuple(
+        dataclasses.replace(st, stride=s, dilation=1)
+        for st, s in zip(self.stages, self.base_strides())))
+
   def with_output_stride(self, output_stride: int | None) -> 'Arch':
     """Trades strides for dilation so that the body's output stride is ``output_stride``.
 
     Once the running stride has reached ``output_stride``, a later stage with stride 2 runs with
     stride 1 and doubles the dilation of its own and every later stage's spatial convs (paper
-    Sec. 4.1.1, output stride 16: MobileNetV2 runs its 160 and 320 stages with dilation 2).
-    ``None`` leaves the architecture unchanged.
+    Sec. 4.1.1, output stride 16: MobileNetV2 runs its 160 and 320 stages with dilation 2; Tab. 2's
+    output stride 8, DeepLabv3+: the 64 and 96 stages with dilation 2, the 160 and 320 stages with
+    dilation 4).  The conversion starts from the strides before any earlier conversion
+    (:meth:`undilated`), so an architecture already converted to output stride 16 and one that
+    never was give the same network at output stride 8 (or back at 32).  ``None`` leaves the
+    architecture unchanged.
     """
     if output_stride is None:
       return self
@@ -265,7 +295,7 @@ class Arch:
     if output_stride < running or output_stride & (output_stride - 1):
       raise ArchError(f'output stride {output_stride} must be a power of two >= the stem stride '
                       f'{running}')
-    for st in self.stages:
+    for st in self.undilated().stages:
       stride = st.stride
       if running * stride > output_stride:
         dilation *= stride
@@ -305,11 +335,18 @@ class Arch:
 
   # ---------------------------------------------------------------- release notation
   def to_release_string(self) -> str:
-    """The authors' notation: ``[[C_in, C_out], [ops], stride]`` per stage, ``|`` + newline."""
+    """The authors' notation: ``[[C_in, C_out], [ops], stride]`` per stage, ``|`` + newline.
+
+    The notation has no dilation; as in the authors' release, each stage is written with its
+    stride before output-stride conversion (:meth:`base_strides`, recovered from the dilations),
+    so a searched segmentation architecture (paper Sec. 4.1.1, output stride 16) is written with
+    the 160 stage's stride 2.  ``Arch.from_release_string(text).with_output_stride(os)`` rebuilds
+    the network at output stride ``os``.
+    """
     if self.family != MBCONV:
       raise ArchError('the release notation describes MBConv architectures only')
-    return '|\n'.join(f'[[{s.c_in}, {s.c_out}], {list(s.ops)!r}, {s.stride}]'
-                      for s in self.stages)
+    return '|\n'.join(f'[[{s.c_in}, {s.c_out}], {list(s.ops)!r}, {stride}]'
+                      for s, stride in zip(self.stages, self.base_strides()))
 
   @classmethod
   def from_release_string(cls, text: str, *, stem_channels: int | None = None,
@@ -317,7 +354,9 @@ class Arch:
     """Parses the release notation into an MBConv architecture.
 
     The stem width defaults to the first stage's ``C_in`` (32 for MobileNetV2-like nets) with a
-    3x3 stride-2 conv; ``last_channels`` defaults to MobileNetV2's 1280.
+    3x3 stride-2 conv; ``last_channels`` defaults to MobileNetV2's 1280.  The strides are those
+    before output-stride conversion (no dilation): apply :meth:`with_output_stride` for the
+    network a task runs (output stride 16 for the segmentation space, paper Sec. 4.1.1).
     """
     stages = []
     for i, chunk in enumerate(p for p in text.replace('\n', '').split('|') if p.strip()):
