@@ -32,11 +32,12 @@ def get_config(variant: str | None = None):
   c.space.max_layers = (1, 2, 2, 2, 2, 1, 1)
   c.space.ops = ('k3_e3', 'k3_e6', 'k5_e6')
   # DeepLabv3+ (decoder at stride 4): at 64x64 DeepLabv3's stride-16 logits are a 4x4 grid, too
-  # coarse for the demo's shapes (it learned little more than the class prior).
-  c.head.update(name='deeplabv3+', channels=64, rates=(1, 2, 3), dropout=0.1)
+  # coarse for the demo's shapes (it learned little more than the class prior).  The light
+  # variant (depthwise-separable convs in the ASPP and the decoder), not the paper's.
+  c.head.update(name='deeplabv3+_light', channels=64, rates=(1, 2, 3), dropout=0.1)
   c.search.update(epochs=4, warmup_epochs=1, batch_size=16, w_lr=0.02, w_lr_start=1e-4,
                   w_lr_end=1e-3, w_lr_warmup_epochs=1, a_lr=3e-3, lam=5e-3, random_candidates=10)
-  c.adapt.update(head='deeplabv3+', bn_recalib_steps=10, steps=300, batch_size=16, crop_size=64,
+  c.adapt.update(head='deeplabv3+_light', bn_recalib_steps=10, steps=300, batch_size=16, crop_size=64,
                  lr=0.01, warmup_steps=20, warmup_start_lr=1e-4)
   c.eval.update(batch_size=20, num_visualize=4)
   c.cost_input_size = (64, 64)

@@ -68,8 +68,12 @@ DATASETS: dict[str, Callable[[Any, str], Any]] = {
     'demo': _demo_segmentation, 'cityscapes': _cityscapes}
 HEADS: dict[str, Callable[[Any, Any], Any]] = {
     'deeplabv3': lambda config, conv: DeepLabV3Head(**_deeplab_kwargs(config, conv)),
+    # The paper's DeepLabv3+ (Tab. 2: regular 3x3 convs in the ASPP and the decoder) ...
     'deeplabv3+': lambda config, conv: DeepLabV3PlusHead(
-        **_deeplab_kwargs(config, conv), low_level=config.head.low_level)}
+        **_deeplab_kwargs(config, conv), low_level=config.head.low_level),
+    # ... and a light one with depthwise-separable convs there (the embedded demo's head).
+    'deeplabv3+_light': lambda config, conv: DeepLabV3PlusHead(
+        **_deeplab_kwargs(config, conv), low_level=config.head.low_level, separable=True)}
 SPACES: dict[str, Callable[[Any], spaces.SearchSpace]] = {'mobilenet_v2': _mobilenet_v2_space}
 
 

@@ -7,8 +7,12 @@ Conventions, as in the paper and the usual torchvision reference numbers:
 * **MAdds**: multiply-accumulates of convolutions,
   ``k_h * k_w * C_in / groups * C_out * H_out * W_out``, of transposed convolutions,
   ``k_h * k_w * C_in * C_out * H_out * W_out`` (over *output* positions), and of dense layers,
-  ``in * out`` (per position when applied to a feature map).  Normalisation, activations, pooling,
-  residual additions, biases and resizing count nothing.  Padding taps count like any other tap
+  ``in * out`` (per position when applied to a feature map).  A (transposed) convolution with a
+  bias adds ``C_out * H_out * W_out``, one accumulate per output, as the authors' counter does
+  (``fna_det/tools/multadds_count.py`` in github.com/JaminFong/FNA; the paper's Tab. 2 and
+  detection figures include it); a dense layer's bias counts nothing, as in that counter (its
+  ``nn.Linear`` hook leaves biases out).  Normalisation, activations, pooling, residual
+  additions and resizing count nothing.  Padding taps count like any other tap
   (XLA's own cost analysis skips them, see ``tests/test_cost.py``).
 * MAdds are **per image**: each layer's count over the whole call is divided by the batch size
   ``input_shape[0]`` (an error names the layer if it does not divide).  Batch 1 is the natural
@@ -18,9 +22,9 @@ How it works: :func:`count_layers` runs ``module.apply`` under :func:`jax.eval_s
 no arithmetic) with a :func:`flax.linen.intercept_methods` interceptor that records every
 ``__call__`` of :class:`fna_jax.ops.Conv`, ``nn.Conv``, ``nn.ConvTranspose`` and ``nn.Dense``: its
 module path, kernel shape, groups, input and output shapes.  For every one of these
-``MAdds = kernel.size * prod(output.shape[:-1]) / batch``, which is the formula above because flax
-kernels are ``(*spatial, C_in / groups, C_out)`` (transposed: ``(*spatial, C_in, C_out)``; dense:
-``(in, out)``).  Any other module that owns a ``kernel`` parameter raises :class:`CostError` rather
+``MAdds = kernel.size * prod(output.shape[:-1]) / batch`` (plus ``output.size / batch`` for a conv
+with a bias), which is the formula above because flax kernels are ``(*spatial, C_in / groups,
+C_out)`` (transposed: ``(*spatial, C_in, C_out)``; dense: ``(in, out)``).  Any other module that owns a ``kernel`` parameter raises :class:`CostError` rather
 than go uncounted.
 
 Branches of ``nn.switch``/``lax.switch``/``lax.cond`` are all traced, so in a supernet every
@@ -84,7 +88,7 @@ class LayerCost:
     groups: feature groups of a conv (1 for transposed convs and dense layers).
     input_shape: shape of the layer's input in this call (batch included).
     output_shape: shape of the layer's output in this call (batch included).
-    madds: multiply-accumulates of this call per image.
+    madds: multiply-accumulates of this call per image (a conv's bias included).
     params: scalars in the module's own parameters (kernel and bias), counted at the module's first
       call only (0 for later calls of a shared module), so sums over layers never double count.
   """
@@ -207,6 +211,8 @@ def _run(module, variables, input_shape, method, dtype, apply_kwargs):
     in_shape = tuple(int(s) for s in args[0].shape) if args and hasattr(args[0], 'shape') else ()
     out_shape = tuple(int(s) for s in out.shape)
     total = math.prod(kernel_shape) * math.prod(out_shape[:-1])
+    if kind != DENSE and 'bias' in own:
+      total += math.prod(out_shape)  # one accumulate per output (the authors' counter)
     if total % batch:
       raise CostError(f'layer {path!r}: {total} MAdds over output {out_shape} do not divide by the '
                       f'batch size {batch}; count with batch 1')

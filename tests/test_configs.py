@@ -87,3 +87,29 @@ def test_configs_build(name):
   for head in (c.head.name, c.adapt.head):
     assert head in build.HEADS
   assert c.data.name in build.DATASETS
+
+
+def _head_param_paths(config, name):
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  head = build.head(config, name)
+  feats = {'out': jnp.zeros((1, 4, 4, 320)), 'stage1': jnp.zeros((1, 16, 16, 24))}
+  shapes = jax.eval_shape(lambda: head.init(jax.random.key(0), feats, False))
+  return {'/'.join(str(getattr(k, 'key', k)) for k in p)
+          for p, _ in jax.tree_util.tree_flatten_with_path(shapes['params'])[0]}
+
+
+def test_demo_keeps_the_light_deeplabv3plus_and_deeplabv3plus_is_the_papers():
+  """The demo searches and fine-tunes with the light DeepLabv3+ (depthwise-separable convs in the
+  ASPP and the decoder: its parameter paths as before); ``deeplabv3+`` is the paper's network
+  (Tab. 2: regular 3x3 atrous ASPP branches and decoder convs)."""
+  c = demo.get_config()
+  assert c.head.name == c.adapt.head == 'deeplabv3+_light'
+  light = _head_param_paths(c, 'deeplabv3+_light')
+  paper = _head_param_paths(c, 'deeplabv3+')
+  for i in (1, 2, 3):
+    assert {f'aspp/b{i}_dw_conv/kernel', f'aspp/b{i}_pw_conv/kernel'} <= light
+    assert f'aspp/b{i}_conv/kernel' in paper and f'aspp/b{i}_dw_conv/kernel' not in paper
+  for i in (1, 2):
+    assert {f'decoder/sep{i}_dw_conv/kernel', f'decoder/sep{i}_pw_conv/kernel'} <= light
+    assert f'decoder/fuse{i}_conv/kernel' in paper and not any('sep' in p for p in paper)

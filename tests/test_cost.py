@@ -256,15 +256,36 @@ class LayerTypesTest(parameterized.TestCase):
                      [('conv', 'conv', 2), ('deconv', 'conv_transpose', 1), ('fc', 'dense', 1)])
     conv, deconv, fc = layers
     self.assertEqual(conv.output_shape, (2, 3, 3, 8))
-    self.assertEqual(conv.madds, 3 * 3 * (4 // 2) * 8 * 3 * 3)
+    # Both convs have a bias (flax's default): one more accumulate per output, C_out x H x W, as
+    # the authors' counter adds (fna_det/tools/multadds_count.py, github.com/JaminFong/FNA).
+    self.assertEqual(conv.madds, 3 * 3 * (4 // 2) * 8 * 3 * 3 + 8 * 3 * 3)
     self.assertEqual(conv.params, 3 * 3 * 2 * 8 + 8)
     self.assertEqual(deconv.output_shape, (2, 6, 6, 6))
-    self.assertEqual(deconv.madds, 4 * 4 * 8 * 6 * 6 * 6)  # over output positions
+    self.assertEqual(deconv.madds, 4 * 4 * 8 * 6 * 6 * 6 + 6 * 6 * 6)  # over output positions
     self.assertEqual(deconv.params, 4 * 4 * 8 * 6 + 6)
     self.assertEqual(fc.madds, 6 * 7 * 6 * 6)  # per position of the 6x6 map
     self.assertEqual(cost.count(Net(), None, (2, 6, 6, 4)),
                      cost.Cost(conv.params + deconv.params + fc.params,
                                conv.madds + deconv.madds + fc.madds))
+
+  def test_conv_bias_counts_one_madd_per_output_dense_bias_none(self):
+    """A conv's bias adds C_out x H_out x W_out MAdds (the authors' counter,
+    fna_det/tools/multadds_count.py, whose figures the paper's Tab. 2 uses); a dense layer's
+    bias adds none (that counter's nn.Linear hook leaves it out)."""
+    def net(bias):
+      class Net(nn.Module):
+
+        @nn.compact
+        def __call__(self, x):
+          x = ops.Conv(5, 3, stride=2, use_bias=bias, name='conv')(x)  # 8x8 -> 4x4
+          return nn.Dense(7, use_bias=bias, name='fc')(x)
+      return Net()
+
+    with_bias = cost.count_layers(net(True), None, (1, 8, 8, 3))
+    without = cost.count_layers(net(False), None, (1, 8, 8, 3))
+    self.assertEqual([l.madds for l in without], [3 * 3 * 3 * 5 * 4 * 4, 5 * 7 * 4 * 4])
+    self.assertEqual([l.madds for l in with_bias], [3 * 3 * 3 * 5 * 4 * 4 + 5 * 4 * 4,
+                                                    5 * 7 * 4 * 4])
 
   def test_shared_module_counts_params_once(self):
     layers = cost.count_layers(_Shared(), None, (1, 8, 8, 4))

@@ -38,8 +38,8 @@ def run_script(*args):
                         text=True, timeout=300)
 
 
-def count_cli(config_path, arch, input_size=None) -> cost_lib.Cost:
-  args = [f'--config={config_path}', f'--arch={arch}']
+def count_cli(config_path, arch, input_size=None, *extra) -> cost_lib.Cost:
+  args = [f'--config={config_path}', f'--arch={arch}', *extra]
   if input_size is not None:
     args.append('--input_size=' + ','.join(str(s) for s in input_size))
   proc = run_script(*args)
@@ -56,9 +56,10 @@ def seg_net(arch, config):
   h = config.head
   args = (config.data.num_classes, h.channels, tuple(h.rates), h.dropout)
   name = h.get('name', 'deeplabv3')
-  assert name in ('deeplabv3', 'deeplabv3+'), name
+  assert name in ('deeplabv3', 'deeplabv3+', 'deeplabv3+_light'), name
   head = (DeepLabV3Head(*args) if name == 'deeplabv3' else
-          DeepLabV3PlusHead(*args, low_level=h.get('low_level', 'stage1')))
+          DeepLabV3PlusHead(*args, low_level=h.get('low_level', 'stage1'),
+                            separable=name == 'deeplabv3+_light'))
   return SegmentationNet(Backbone(arch), head)
 
 
@@ -72,27 +73,81 @@ def seed_as_space_choices(seed: arch_lib.Arch, space) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- torch reference
+def torch_mobilenet_v2_os16():
+  """torchvision's ``mobilenet_v2().features`` without its last layer (the 1x1 conv to 1280), at
+  output stride 16: the first 160-channel block (``features[14]``) runs with stride 1, and it and
+  every later block run their depthwise 3x3 conv with dilation 2 (padding 2)."""
+  torch = pytest.importorskip('torch')
+  torchvision = pytest.importorskip('torchvision')
+  features = torchvision.models.mobilenet_v2(weights=None).features[:-1]
+  for block in features[14:]:
+    for m in block.modules():
+      if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3):
+        m.stride, m.dilation, m.padding = (1, 1), (2, 2), (2, 2)
+  return features
+
+
+def torch_deeplabv3plus_mobilenet_v2(num_classes=19, channels=256, rates=(6, 12, 18),
+                                     low_channels=48):
+  """MobileNetV2 + the paper's DeepLabv3+ (Sec. 4.1.1, Tab. 2) built in torch, independently.
+
+  Backbone: :func:`torch_mobilenet_v2_os16`; the low-level features are the output of
+  ``features[:4]`` (the 24-channel stage, stride 4).  ASPP with *regular* 3x3 atrous branches: a
+  1x1 branch, three 3x3 convs with dilation r, image pooling, ``channels`` each (+ BN + ReLU);
+  concat -> 1x1 -> BN -> ReLU -> dropout.  Decoder: low-level -> 1x1 to ``low_channels`` -> BN ->
+  ReLU; concat with the ASPP output upsampled bilinearly to stride 4; two regular 3x3 convs of
+  ``channels`` (+ BN + ReLU); 1x1 classifier with bias.
+  """
+  torch = pytest.importorskip('torch')
+  nn = torch.nn
+  F = torch.nn.functional
+  features = torch_mobilenet_v2_os16()
+  c_in, c_low = features[-1].out_channels, features[3].out_channels
+
+  def conv_bn_relu(ci, co, k, r=1):
+    return [nn.Conv2d(ci, co, k, padding=r * (k - 1) // 2, dilation=r, bias=False),
+            nn.BatchNorm2d(co), nn.ReLU()]
+
+  class Net(nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.low_features, self.high_features = features[:4], features[4:]
+      self.b0 = nn.Sequential(*conv_bn_relu(c_in, channels, 1))
+      self.atrous = nn.ModuleList([nn.Sequential(*conv_bn_relu(c_in, channels, 3, r))
+                                   for r in rates])
+      self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), *conv_bn_relu(c_in, channels, 1))
+      self.project = nn.Sequential(*conv_bn_relu((len(rates) + 2) * channels, channels, 1),
+                                   nn.Dropout(0.1))
+      self.low = nn.Sequential(*conv_bn_relu(c_low, low_channels, 1))
+      self.fuse = nn.Sequential(*conv_bn_relu(channels + low_channels, channels, 3),
+                                *conv_bn_relu(channels, channels, 3))
+      self.classifier = nn.Conv2d(channels, num_classes, 1, bias=True)
+
+    def forward(self, x):
+      low = self.low_features(x)
+      x = self.high_features(low)
+      pooled = F.interpolate(self.pool(x), size=x.shape[-2:], mode='bilinear')
+      y = self.project(torch.cat([self.b0(x), *[b(x) for b in self.atrous], pooled], dim=1))
+      y = F.interpolate(y, size=low.shape[-2:], mode='bilinear')
+      return self.classifier(self.fuse(torch.cat([y, self.low(low)], dim=1)))
+
+  return Net().eval()
+
+
 def torch_deeplabv3_mobilenet_v2(num_classes=19, channels=256, rates=(6, 12, 18)):
   """MobileNetV2 + DeepLabv3 (paper Sec. 4.1, Tab. 2) built in torch, independently of fna_jax.
 
-  Backbone: torchvision's ``mobilenet_v2().features`` without its last layer (the 1x1 conv to
-  1280), at output stride 16: the first 160-channel block (``features[14]``) runs with stride 1,
-  and it and every later block run their depthwise 3x3 conv with dilation 2 (padding 2, so the
-  sizes are those of stride 1).  Head (DeepLabv3 with depthwise-separable ASPP): a 1x1 branch,
+  Backbone: :func:`torch_mobilenet_v2_os16`.  Head (DeepLabv3 with depthwise-separable ASPP): a 1x1 branch,
   three atrous branches (dw 3x3 dilation r, BN, ReLU, 1x1, BN, ReLU), image pooling (global
   average, 1x1, BN, ReLU, upsampled), ``channels`` each; concat -> 1x1 -> BN -> ReLU -> dropout
   -> 1x1 classifier with bias.
   """
   torch = pytest.importorskip('torch')
-  torchvision = pytest.importorskip('torchvision')
   nn = torch.nn
   F = torch.nn.functional
 
-  features = torchvision.models.mobilenet_v2(weights=None).features[:-1]
-  for block in features[14:]:
-    for m in block.modules():
-      if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3):
-        m.stride, m.dilation, m.padding = (1, 1), (2, 2), (2, 2)
+  features = torch_mobilenet_v2_os16()
   c_in = features[-1].out_channels
 
   def bn_relu(c):
@@ -124,10 +179,11 @@ def torch_deeplabv3_mobilenet_v2(num_classes=19, channels=256, rates=(6, 12, 18)
 def torch_count(net, input_size):
   """``(params, madds, bias_madds)`` of a torch network for one image, by forward hooks.
 
-  ``madds``: ``k_h * k_w * C_in / groups * C_out * H_out * W_out`` per ``nn.Conv2d`` and
-  ``in * out`` per position of ``nn.Linear``; ``bias_madds``: the ``C_out * H_out * W_out`` more
-  that a counter adding one accumulate per output of a layer with a bias would count (the
-  authors' counter does, for convs).  The forward runs on torch's meta device: shapes only.
+  ``madds``: ``k_h * k_w * C_in / groups * C_out * H_out * W_out`` per ``nn.Conv2d`` plus, for a
+  conv with a bias, ``C_out * H_out * W_out`` (one accumulate per output, as the authors' counter
+  ``fna_det/tools/multadds_count.py`` in github.com/JaminFong/FNA does), and ``in * out`` per
+  position of ``nn.Linear`` (whose bias that counter leaves out); ``bias_madds``: the convs' bias
+  part of ``madds``.  The forward runs on torch's meta device: shapes only.
   """
   import torch  # pylint: disable=g-import-not-at-top
   totals = {'madds': 0, 'bias': 0}
@@ -136,10 +192,11 @@ def torch_count(net, input_size):
     if isinstance(m, torch.nn.Conv2d):
       k_h, k_w = m.kernel_size
       totals['madds'] += k_h * k_w * m.in_channels // m.groups * out[0].numel()
+      if m.bias is not None:
+        totals['madds'] += out[0].numel()
+        totals['bias'] += out[0].numel()
     else:
       totals['madds'] += m.in_features * out[0].numel()
-    if m.bias is not None:
-      totals['bias'] += out[0].numel()
 
   params = sum(p.numel() for p in net.parameters())
   handles = [m.register_forward_hook(hook) for m in net.modules()
@@ -159,13 +216,47 @@ def test_mobilenet_v2_deeplabv3_matches_torch_and_paper():
   params, madds, bias_madds = torch_count(torch_deeplabv3_mobilenet_v2(19), (1024, 2048))
   got = count_cli(CITYSCAPES, 'mobilenet_v2', (1024, 2048))
   assert got.params == params
-  # fna_jax.cost counts no accumulate for biases (its docstring); the only conv with a bias here
-  # is the classifier: 19 x 64 x 128 = 155,648 MAdds, 0.0006% of the total.
+  # Both count one accumulate per output of a conv with a bias; the only one here is the
+  # classifier: 19 x 64 x 128 = 155,648 MAdds, 0.0006% of the total.
   assert bias_madds == 19 * (1024 // 16) * (2048 // 16)
   assert got.madds == madds
   # The paper's rounded figures (2.57M params, 24.52B MAdds): within 0.5%.
   assert abs(got.params / 2.57e6 - 1) < 5e-3, got.params
   assert abs(got.madds / 24.52e9 - 1) < 5e-3, got.madds
+
+
+def test_mobilenet_v2_deeplabv3plus_matches_torch():
+  """MobileNetV2 + the paper's DeepLabv3+ head (regular 3x3 ASPP and decoder convs), 19 classes,
+  OS 16, at 1024x2048: the script's count equals that of the same network built in torch."""
+  params, madds, bias_madds = torch_count(torch_deeplabv3plus_mobilenet_v2(19), (1024, 2048))
+  got = count_cli(CITYSCAPES, 'mobilenet_v2', (1024, 2048), '--config.head.name=deeplabv3+')
+  assert bias_madds == 19 * (1024 // 4) * (2048 // 4)  # the classifier, at stride 4
+  assert got == (params, madds)
+
+
+# FNA++'s segmentation architecture (paper Fig. 4), in the release notation as the authors'
+# release gives it (fna_seg/model/deeplab/cityscapes.deeplabv3/config.py, ``C.net_config``, in
+# github.com/JaminFong/FNA).
+FNA_PP_SEG = """[[32, 16], ['k3_e1'], 1]|
+[[16, 24], ['k3_e6', 'k3_e6', 'skip', 'skip'], 2]|
+[[24, 32], ['k7_e6', 'k3_e6', 'k3_e6', 'k3_e6'], 2]|
+[[32, 64], ['k7_e6', 'k7_e6', 'k5_e6', 'k7_e6', 'k7_e6', 'k5_e6'], 2]|
+[[64, 96], ['k7_e6', 'k7_e6', 'k7_e6', 'k7_e6', 'skip', 'skip'], 1]|
+[[96, 160], ['k7_e6', 'k5_e6', 'skip', 'skip'], 2]|
+[[160, 320], ['k7_e3'], 1]
+"""
+
+
+@pytest.mark.parametrize('head,paper', [('deeplabv3', (2.47e6, 24.17e9)),
+                                        ('deeplabv3+', (5.71e6, 210.11e9))])
+def test_fna_pp_seg_arch_is_the_papers_cost(tmp_path, head, paper):
+  """FNA++'s released segmentation architecture at OS 16, 19 classes, 1024x2048: the paper's
+  Params/MAdds (Tab. 2: DeepLabv3 2.47M / 24.17B, DeepLabv3+ 5.71M / 210.11B) within 0.5%."""
+  path = tmp_path / 'fna_pp.txt'
+  path.write_text(FNA_PP_SEG)
+  got = count_cli(CITYSCAPES, path, (1024, 2048), f'--config.head.name={head}')
+  assert abs(got.params / paper[0] - 1) < 5e-3, got
+  assert abs(got.madds / paper[1] - 1) < 5e-3, got
 
 
 def test_mobilenet_v2_is_the_seed_as_the_seg_space_runs_it():
