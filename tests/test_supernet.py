@@ -6,7 +6,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fna_jax import spaces
 from fna_jax.arch import Stem
 from fna_jax.models import Backbone
 from fna_jax.models import supernet as sn
