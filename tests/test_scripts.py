@@ -102,9 +102,13 @@ def read_json(path) -> dict:
 
 
 def release_fields(arch: arch_lib.Arch) -> list:
-  """What the release notation records of each stage: channels, ops, stride (not dilation, not
-  the last 1x1 conv)."""
-  return [(st.c_in, st.c_out, st.ops, st.stride) for st in arch.stages]
+  """Channels, ops, stride and dilation of each stage (not the last 1x1 conv)."""
+  return [(st.c_in, st.c_out, st.ops, st.stride, st.dilation) for st in arch.stages]
+
+
+def from_release(text: str, like: arch_lib.Arch) -> arch_lib.Arch:
+  """The release notation (strides before the output-stride conversion) converted as ``like``."""
+  return arch_lib.Arch.from_release_string(text).with_output_stride(like.output_stride)
 
 
 def param_count(variables) -> int:
@@ -177,7 +181,7 @@ def check_report(workdir: Path, search_dir: Path | None = None) -> dict:
   assert report['miou'] == ev['miou'] and report['num_eval_images'] == TINY['data.num_val']
   # The reported architecture is the search's, in the release notation.
   arch = arch_lib.Arch.from_json((search_dir / 'arch.json').read_text())
-  assert release_fields(arch_lib.Arch.from_release_string(report['arch'])) == release_fields(arch)
+  assert release_fields(from_release(report['arch'], arch)) == release_fields(arch)
   # Params: the scalars of the saved fine-tuned weights; MAdds: one figure in every file.
   variables, _ = load_variables(adapt_dir / 'model')
   assert report['params'] == param_count(variables) > 0
@@ -226,8 +230,8 @@ def test_search_stage_outputs(stage_runs):
   config = tiny_config()
   space = build.space(config)
   arch = arch_lib.Arch.from_json((search_dir / 'arch.json').read_text())
-  assert release_fields(arch_lib.Arch.from_release_string(
-      (search_dir / 'arch.txt').read_text())) == release_fields(arch)
+  assert release_fields(from_release((search_dir / 'arch.txt').read_text(), arch)) == (
+      release_fields(arch))
   summary = read_json(search_dir / 'summary.json')
   assert len(summary['choices']) == space.num_searched == 1
   assert space.derive(summary['choices']) == arch
