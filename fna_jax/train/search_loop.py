@@ -49,10 +49,9 @@ from fna_jax.train import search
 
 
 # --------------------------------------------------------------------------- building blocks
-def init_supernet_variables(model, space, config, seed_arch, seed_vars, log) -> dict:
-  """Supernet + head variables: backbone remapped from the seed (or random), head random."""
-  h, w = build.task(config).input_size('search')
-  shapes = variable_shapes(model, (1, h, w, 3), train=False)
+def init_supernet_variables(shapes, space, config, seed_arch, seed_vars, log) -> dict:
+  """Supernet + head variables of ``shapes`` (the searched network's variable shapes): backbone
+  remapped from the seed (or random), head random."""
   variables = random_like(shapes, config.seed)
   if config.search.init == 'remap':
     backbone = seed_to_supernet({c: v['backbone'] for c, v in seed_vars.items()}, seed_arch,
@@ -232,7 +231,7 @@ def run_search(config, workdir: str, *, log=print, stop_after: int | None = None
   if resuming:
     variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
   else:
-    variables = init_supernet_variables(model, space, config, seed_arch, seed_vars, log)
+    variables = init_supernet_variables(shapes, space, config, seed_arch, seed_vars, log)
   if not compiling.done():
     log('compiling the weight and arch steps ...')
   w_step, a_step = compiling.result()
