@@ -33,8 +33,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.space = dict(name='mobilenet_v2', task='seg',
                  ops=(),                    # candidate ops per layer; () = the paper's six
                  max_layers=())             # layers per stage; () = paper Tab. 1
+  # rates: the ASPP's atrous rates at output stride 16, scaled with it (12/24/36 at 8);
+  # low_level: DeepLabv3+ decoder input (the stride-4 stage)
   c.head = dict(name='deeplabv3', channels=256, rates=(6, 12, 18), dropout=0.1,
-                low_level='stage1')     # low_level: DeepLabv3+ decoder input (the stride-4 stage)
+                low_level='stage1')
   c.search = dict(
       method='differentiable',              # or 'random' (paper Sec. 4.8)
       init='remap',                         # or 'random': no seed remapping (Tab. 13 row 3)
@@ -47,6 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.adapt = dict(                           # parameter adaptation (paper Sec. 4.1.1)
       init='supernet',                      # 'supernet' (FNA++), 'seed' (FNA) or 'random'
       head='deeplabv3',                     # or 'deeplabv3+': the derived backbone in DeepLabv3+
+      output_stride=0,                      # 0 = as searched (16); 8: Tab. 2's last rows
       bn_recalib_steps=2000,                # BatchNorm statistics recomputed before fine-tuning
       frozen_bn=False,                      # backbone BN on running statistics while fine-tuning
       steps=100_000, batch_size=16, crop_size=769, resize_to=(),  # () = no resize

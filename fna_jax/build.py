@@ -6,14 +6,15 @@ adding a task, a dataset, a head or a search space means registering it, not edi
 
     from fna_jax import build
     build.register_dataset('my_data', lambda config, split: MySource(split, config.data.root))
-    build.register_head('my_head', lambda config, conv: MyHead(config.data.num_classes, conv=conv))
+    build.register_head('my_head', lambda config, conv, output_stride: MyHead(
+        config.data.num_classes, conv=conv))
     build.register_task('my_task', MyTask)        # a fna_jax.tasks.base.Task subclass
 
 Registries: :data:`TASKS` (``config.task``), :data:`DATASETS` (``config.data.name``),
 :data:`HEADS` (``config.head.name``, ``config.adapt.head``), :data:`SPACES`
 (``config.space.name``).  Constructors take the whole config (datasets also the split,
 ``'train'`` or ``'val'``; heads also the ``conv`` module that fixes the convolution
-implementation, :func:`conv`).
+implementation, :func:`conv`, and the output stride of the body they sit on).
 """
 
 from __future__ import annotations
@@ -50,10 +51,21 @@ def _cityscapes(config, split: str):
                           config.data.data_dir or None)
 
 
-def _deeplab_kwargs(config, conv):
+def deeplab_rates(rates, output_stride: int) -> tuple[int, ...]:
+  """ASPP rates for a body at ``output_stride`` from ``rates`` given at output stride 16.
+
+  DeepLab's convention (Chen et al. 2017, kept by the paper's Tab. 2 and the authors' release):
+  the rates scale with the feature resolution, 6/12/18 at output stride 16 -> 12/24/36 at 8.
+  """
+  if output_stride not in (8, 16, 32):
+    raise ValueError(f'DeepLab heads run at output stride 8, 16 or 32, got {output_stride}')
+  return tuple(int(r) * 16 // output_stride for r in rates)
+
+
+def _deeplab_kwargs(config, conv, output_stride):
   h = config.head
-  return dict(num_classes=config.data.num_classes, channels=h.channels, rates=tuple(h.rates),
-              dropout=h.dropout, conv=conv)
+  return dict(num_classes=config.data.num_classes, channels=h.channels,
+              rates=deeplab_rates(h.rates, output_stride), dropout=h.dropout, conv=conv)
 
 
 def _mobilenet_v2_space(config) -> spaces.SearchSpace:
@@ -66,14 +78,14 @@ def _mobilenet_v2_space(config) -> spaces.SearchSpace:
 TASKS: dict[str, Callable[[Any], Task]] = {'seg': SegmentationTask}
 DATASETS: dict[str, Callable[[Any, str], Any]] = {
     'demo': _demo_segmentation, 'cityscapes': _cityscapes}
-HEADS: dict[str, Callable[[Any, Any], Any]] = {
-    'deeplabv3': lambda config, conv: DeepLabV3Head(**_deeplab_kwargs(config, conv)),
+HEADS: dict[str, Callable[[Any, Any, int], Any]] = {
+    'deeplabv3': lambda config, conv, os_: DeepLabV3Head(**_deeplab_kwargs(config, conv, os_)),
     # The paper's DeepLabv3+ (Tab. 2: regular 3x3 convs in the ASPP and the decoder) ...
-    'deeplabv3+': lambda config, conv: DeepLabV3PlusHead(
-        **_deeplab_kwargs(config, conv), low_level=config.head.low_level),
+    'deeplabv3+': lambda config, conv, os_: DeepLabV3PlusHead(
+        **_deeplab_kwargs(config, conv, os_), low_level=config.head.low_level),
     # ... and a light one with depthwise-separable convs there (the embedded demo's head).
-    'deeplabv3+_light': lambda config, conv: DeepLabV3PlusHead(
-        **_deeplab_kwargs(config, conv), low_level=config.head.low_level, separable=True)}
+    'deeplabv3+_light': lambda config, conv, os_: DeepLabV3PlusHead(
+        **_deeplab_kwargs(config, conv, os_), low_level=config.head.low_level, separable=True)}
 SPACES: dict[str, Callable[[Any], spaces.SearchSpace]] = {'mobilenet_v2': _mobilenet_v2_space}
 
 
@@ -93,8 +105,9 @@ def register_dataset(name: str, constructor: Callable[[Any, str], Any]) -> None:
   _register(DATASETS, 'dataset', name, constructor)
 
 
-def register_head(name: str, constructor: Callable[[Any, Any], Any]) -> None:
-  """A head named ``name`` is ``constructor(config, conv)`` (a linen module)."""
+def register_head(name: str, constructor: Callable[[Any, Any, int], Any]) -> None:
+  """A head named ``name`` is ``constructor(config, conv, output_stride)`` (a linen module);
+  ``output_stride`` is that of the body it reads (e.g. 16 or 8 for segmentation)."""
   _register(HEADS, 'head', name, constructor)
 
 
@@ -143,24 +156,28 @@ def conv(config, stage: str | None = None):
   return ops.conv_module(impl or None)
 
 
-def head(config, name: str | None = None, conv_module=None):
-  """The head ``name`` (default ``config.head.name``) for ``config``'s task and data."""
+def head(config, output_stride: int, name: str | None = None, conv_module=None):
+  """The head ``name`` (default ``config.head.name``) for ``config``'s task and data, on a body
+  of output stride ``output_stride``."""
   name = name or config.head.name
-  return _lookup(HEADS, 'head', 'head.name', name)(config, conv_module or conv(config))
+  return _lookup(HEADS, 'head', 'head.name', name)(config, conv_module or conv(config),
+                                                  output_stride)
 
 
 def search_network(config, search_space: spaces.SearchSpace):
   """The network searched over: ``Supernet(search_space)`` + ``config.head.name``."""
   c = conv(config, 'search')
-  return task(config).network(Supernet(search_space, c), head(config, conv_module=c))
+  os_ = search_space.skeleton().output_stride
+  return task(config).network(Supernet(search_space, c), head(config, os_, conv_module=c))
 
 
 def task_network(config, arch: arch_lib.Arch, *, head_name: str | None = None,
                  frozen_bn: bool = False):
   """The task network of ``arch``: ``Backbone(arch)`` + head ``head_name`` (default
-  ``config.head.name``); ``frozen_bn`` keeps the backbone's BatchNorm statistics fixed."""
+  ``config.head.name``) for ``arch``'s output stride; ``frozen_bn`` keeps the backbone's
+  BatchNorm statistics fixed."""
   c = conv(config)
-  return task(config).network(Backbone(arch, c), head(config, head_name, c),
+  return task(config).network(Backbone(arch, c), head(config, arch.output_stride, head_name, c),
                               frozen_bn=frozen_bn)
 
 

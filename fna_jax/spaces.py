@@ -130,6 +130,21 @@ class SearchSpace:
         dataclasses.replace(st, stride=a.stride, dilation=a.dilation)
         for st, a in zip(self.stages, converted.stages)))
 
+  def task_arch(self, arch: Arch, output_stride: int | None = None) -> Arch:
+    """``arch`` (any architecture of this family) as this space's task network runs it.
+
+    * Output stride: ``output_stride``, default the space's (16 for segmentation); another one
+      is reached by :meth:`Arch.with_output_stride`, which starts from the strides before any
+      conversion, so a stride-32 seed and a derived output-stride-16 architecture convert alike.
+      Dilation changes neither Params nor MAdds; only the feature resolution the head sees.
+    * The last 1x1 conv: :attr:`last_channels` (``None`` for segmentation: DeepLab heads read
+      the last stage's 320 channels, so MobileNetV2's 1280-channel conv is not in the network).
+    """
+    target = output_stride or self.skeleton().output_stride
+    if arch.output_stride != target:
+      arch = arch.with_output_stride(target)
+    return arch.replace(last_channels=self.last_channels)
+
   # ------------------------------------------------------------------ JSON
   def to_dict(self) -> dict[str, Any]:
     return {'name': self.name, 'family': self.family, 'stem': dataclasses.asdict(self.stem),

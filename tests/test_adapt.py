@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fna_jax import arch as arch_lib
 from fna_jax import spaces
 from fna_jax.runtime.checks import VariableMismatchError
 from fna_jax.train.evaluate import run_evaluation
@@ -181,6 +182,29 @@ def test_adapt_other_inits(searched, tmp_path_factory, init):
   result = run_adapt(c, workdir, search_dir, log=lines.append)
   assert any(('seed network' if init == 'seed' else 'random initialisation') in l for l in lines)
   _check_adapt_outputs(workdir, result, init, c)
+
+
+def test_adapt_at_output_stride_8(searched, tmp_path_factory):
+  """Paper Tab. 2's last rows: the architecture searched at OS 16 adapted at OS 8 -- the 64/96
+  stages at dilation 2, the 160/320 stages at dilation 4 and the ASPP's rates doubled -- with
+  the weights remapped from the supernet as at OS 16 (dilation changes no shape)."""
+  c, search_dir = searched
+  c = c.copy_and_resolve_references()
+  c.adapt.update(output_stride=8, steps=2)
+  workdir = str(tmp_path_factory.mktemp('adapt_os8'))
+  lines = []
+  result = run_adapt(c, workdir, search_dir, log=lines.append)
+  searched_arch = arch_lib.Arch.from_json(open(os.path.join(search_dir, 'arch.json')).read())
+  assert searched_arch.output_stride == 16 and result.arch.output_stride == 8
+  assert result.arch == searched_arch.with_output_stride(8)
+  assert arch_lib.Arch.from_json(open(os.path.join(workdir, 'arch.json')).read()) == result.arch
+  assert [(st.stride, st.dilation) for st in result.arch.stages[3:]] == [
+      (1, 2), (1, 2), (1, 4), (1, 4)]
+  assert any('remapped from the searched supernet' in l for l in lines)
+  assert any('at output stride 8' in l for l in lines)
+  model, _, _ = build.load_network(os.path.join(workdir, 'model'), c)
+  assert tuple(model.head.rates) == tuple(2 * r for r in c.head.rates)
+  _check_adapt_outputs(workdir, result, 'supernet', c)
 
 
 def test_adapt_resumes_to_the_same_weights(adapted, tmp_path_factory):

@@ -14,11 +14,12 @@ from absl import flags
 from ml_collections import config_flags
 import pytest
 
-from configs import demo, seg_cityscapes
+from configs import demo, seg_cityscapes, seg_cityscapes_deeplabv3plus
 from fna_jax import build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = {'seg_cityscapes': seg_cityscapes.get_config, 'demo': demo.get_config}
+CONFIGS = {'seg_cityscapes': seg_cityscapes.get_config, 'demo': demo.get_config,
+           'seg_cityscapes_deeplabv3plus': seg_cityscapes_deeplabv3plus.get_config}
 
 
 def _leaves(d: dict, prefix=''):
@@ -92,7 +93,7 @@ def test_configs_build(name):
 def _head_param_paths(config, name):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  head = build.head(config, name)
+  head = build.head(config, 16, name)
   feats = {'out': jnp.zeros((1, 4, 4, 320)), 'stage1': jnp.zeros((1, 16, 16, 24))}
   shapes = jax.eval_shape(lambda: head.init(jax.random.key(0), feats, False))
   return {'/'.join(str(getattr(k, 'key', k)) for k in p)

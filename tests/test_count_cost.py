@@ -17,6 +17,7 @@ import pytest
 from configs import demo as demo_config
 from configs import seg_cityscapes
 from fna_jax import arch as arch_lib
+from fna_jax import build
 from fna_jax import cost as cost_lib
 from fna_jax.arch import SKIP
 from fna_jax.models import Backbone
@@ -257,6 +258,62 @@ def test_fna_pp_seg_arch_is_the_papers_cost(tmp_path, head, paper):
   got = count_cli(CITYSCAPES, path, (1024, 2048), f'--config.head.name={head}')
   assert abs(got.params / paper[0] - 1) < 5e-3, got
   assert abs(got.madds / paper[1] - 1) < 5e-3, got
+
+
+def test_fna_pp_seg_arch_at_output_stride_8_is_the_papers_cost(tmp_path):
+  """Tab. 2's last DeepLabv3+ row: the same network at output stride 8, 5.71M / 313.87B at
+  1024x2048, within 0.5% (``--output_stride=8``)."""
+  path = tmp_path / 'fna_pp.txt'
+  path.write_text(FNA_PP_SEG)
+  got = count_cli(CITYSCAPES, path, (1024, 2048), '--config.head.name=deeplabv3+',
+                  '--output_stride=8')
+  assert abs(got.params / 5.71e6 - 1) < 5e-3, got
+  assert abs(got.madds / 313.87e9 - 1) < 5e-3, got
+
+
+def test_output_stride_8_network_is_the_os16_one_converted():
+  """At output stride 8 the script counts the derived network with the 64/96 stages at dilation 2
+  and the 160/320 stages at dilation 4 and ASPP rates 12/24/36, whether it starts from the seed
+  (stride 32) or from a derived OS 16 architecture; the script's count differs from OS 16's by
+  the layers that now run at stride 8 instead of 16."""
+  config = seg_cityscapes.get_config()
+  with config.unlocked():
+    config.head.name = 'deeplabv3+'
+  space = make_space(config)
+  seed = arch_lib.mobilenet_v2()
+  from_seed = space.task_arch(seed, 8)
+  from_os16 = space.task_arch(space.task_arch(seed), 8)
+  assert from_seed == from_os16
+  dil = {st.c_out: (st.stride, st.dilation) for st in from_seed.stages}
+  assert dil[64] == (1, 2) and dil[96] == (1, 2) and dil[160] == (1, 4) and dil[320] == (1, 4)
+  net = build.task_network(config, from_seed)
+  assert tuple(net.head.rates) == (12, 24, 36)
+  assert tuple(build.task_network(config, space.task_arch(seed)).head.rates) == (6, 12, 18)
+  size = (64, 128)
+  os16 = count_cli(CITYSCAPES, 'mobilenet_v2', size, '--config.head.name=deeplabv3+')
+  os8 = count_cli(CITYSCAPES, 'mobilenet_v2', size, '--config.head.name=deeplabv3+',
+                  '--output_stride=8')
+  assert os8.params == os16.params
+  # Layer by layer: at OS 8 every layer that ran at stride 16 runs at stride 8 (4x the positions):
+  # from the 64 stage's first depthwise conv (its stride 2 became 1; its expand conv still reads
+  # the stride-8 input) through the last stage, and the ASPP except its image-pooling conv (one
+  # pooled value per channel).  The stem, the 16/24/32 stages and the decoder are unchanged.
+  l16 = {l.path: l.madds for l in cost_lib.count_layers(
+      build.task_network(config, space.task_arch(seed)), None, (1, *size, 3))}
+  l8 = {l.path: l.madds for l in cost_lib.count_layers(net, None, (1, *size, 3))}
+  assert l8.keys() == l16.keys()
+
+  def at_stride_16(path):
+    parts = path.split('/')
+    if parts[:2] == ['head', 'aspp']:
+      return parts[2] != 'pool_conv'
+    return (parts[0] == 'backbone' and parts[1].startswith('stage') and int(parts[1][5:]) >= 3
+            and path != 'backbone/stage3/layer0/expand_conv')
+  moved = {p for p in l8 if at_stride_16(p)}
+  assert len(moved) > 20
+  assert all(l8[p] == 4 * l16[p] for p in moved)
+  assert all(l8[p] == l16[p] for p in l8 if p not in moved)
+  assert os8.madds - os16.madds == 3 * sum(l16[p] for p in moved)
 
 
 def test_mobilenet_v2_is_the_seed_as_the_seg_space_runs_it():

@@ -119,7 +119,8 @@ def _demo_classification(config, split):
 
 build.register_task('toy_cls', ToyClassification)
 build.register_dataset('demo_cls', _demo_classification)
-build.register_head('gap_dense', lambda config, conv: GapDenseHead(config.data.num_classes))
+build.register_head('gap_dense', lambda config, conv, output_stride: GapDenseHead(
+    config.data.num_classes))
 
 
 def toy_config(tmp_path):

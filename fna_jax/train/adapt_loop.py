@@ -4,8 +4,8 @@
 
 1. reads the derived architecture (``arch.json``) and the choices (``summary.json``) of the search
    run in ``search_dir``;
-2. builds the derived task network (head ``config.adapt.head``: DeepLabv3 or DeepLabv3+) and its
-   initial weights by ``config.adapt.init`` (:mod:`fna_jax.train.adapt`): ``'supernet'`` (FNA++,
+2. builds the derived task network (head ``config.adapt.head``: DeepLabv3 or DeepLabv3+; at
+   ``config.adapt.output_stride`` when set, e.g. 8 for Tab. 2's last rows) and its initial weights by ``config.adapt.init`` (:mod:`fna_jax.train.adapt`): ``'supernet'`` (FNA++,
    from ``search_dir/supernet``), ``'seed'`` (FNA) or ``'random'``;
 3. recomputes the BatchNorm statistics on ``config.adapt.bn_recalib_steps`` training batches;
 4. fine-tunes with SGD (linear warm-up, poly decay) on random-scale crops and flips, with the same
@@ -55,6 +55,17 @@ def read_search(search_dir: str) -> tuple[arch_lib.Arch, list]:
   return arch, choices
 
 
+def adapt_arch(arch: arch_lib.Arch, output_stride: int) -> arch_lib.Arch:
+  """The searched ``arch`` at the adaptation's output stride (``0``: as searched).
+
+  Paper Tab. 2 adapts and evaluates the architecture searched at output stride 16 also at output
+  stride 8 (DeepLabv3+): strides traded for dilation, the weights unchanged in shape.
+  """
+  if not output_stride or output_stride == arch.output_stride:
+    return arch
+  return arch.with_output_stride(output_stride)
+
+
 def build_network(arch: arch_lib.Arch, config, frozen_bn: bool = False):
   """The derived task network: ``Backbone(arch)`` + the head ``config.adapt.head``."""
   return build.task_network(config, arch, head_name=config.adapt.head, frozen_bn=frozen_bn)
@@ -70,7 +81,7 @@ def initial_variables(config, arch, choices, search_dir, target, mesh, log):
     sup_vars, meta = load_variables(os.path.join(search_dir, 'supernet'))
     space = spaces.SearchSpace.from_dict(meta['space'])
     derived, variables, fresh = adapt.from_supernet(sup_vars, space, choices, target)
-    if derived != arch:
+    if adapt_arch(derived, arch.output_stride) != arch:
       raise ValueError(f'{search_dir}: arch.json does not match the choices in summary.json')
     log(f'adapt: remapped from the searched supernet ({search_dir}/supernet)'
         + (f'; {len(fresh)} head arrays initialised fresh' if fresh else ''))
@@ -109,6 +120,7 @@ def run_adapt(config, workdir: str, search_dir: str, *, log=print,
                      'devices')
   local_batch = ac.batch_size // jax.process_count()
   arch, choices = read_search(search_dir)
+  arch = adapt_arch(arch, ac.output_stride)
   model = build_network(arch, config, frozen_bn=ac.frozen_bn)
   h, w = task.input_size('adapt')
   shapes = variable_shapes(model, (1, h, w, 3), train=False)
@@ -145,7 +157,8 @@ def run_adapt(config, workdir: str, search_dir: str, *, log=print,
     start, state, meta = ckpts.restore_latest(state)
     data.set_state(meta['data'])
     log(f'resumed from {ckpts.directory} at step {start}')
-  log(f'adapt: {arch.name or "derived network"}, head {ac.head}, {total} steps of batch '
+  log(f'adapt: {arch.name or "derived network"} at output stride {arch.output_stride}, '
+      f'head {ac.head}, {total} steps of batch '
       f'{ac.batch_size} ({h}x{w} crops) on {mesh.size} device(s)')
 
   def checkpoint(step, wait=False):
