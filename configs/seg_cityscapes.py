@@ -4,7 +4,8 @@ Search: DeepLabv3 on the MobileNetV2 seg space, output stride 16; 20% of train h
 steps; images resized to 512x1024, random 321x321 crops, flips; batch 16; 80 epochs with arch steps
 from epoch 30.  Parameter adaptation: weights remapped from the supernet, BatchNorm statistics
 recomputed for 2000 iterations, 100k iterations of batch 16 on 769x769 crops of randomly rescaled
-images, SGD lr 0.01 with warm-up and poly decay.  Evaluation: mIoU on the validation set.  Needs the ImageNet seed converted with ``python -m weights_convert`` and Cityscapes
+images, SGD lr 0.01 (10x for the head, no weight decay on BN and biases) with 5000 warm-up
+iterations and poly decay.  Evaluation: mIoU on the validation set.  Needs the ImageNet seed converted with ``python -m weights_convert`` and Cityscapes
 prepared as ArrayRecord (``python -m fna_jax.tasks.seg.cityscapes --help``).
 
 Usage: ``python scripts/fna.py --config=configs/seg_cityscapes.py --workdir=DIR`` (the whole
@@ -43,7 +44,10 @@ def get_config() -> ml_collections.ConfigDict:
       remap_strategy='fna',
       epochs=80, warmup_epochs=30, batch_size=16, lam=5e-3, alpha_init_scale=1e-3,
       w_lr=0.02, w_lr_start=1e-4, w_lr_end=1e-3, w_lr_warmup_epochs=5, w_momentum=0.9,
-      w_weight_decay=5e-4, a_lr=1e-3, a_weight_decay=4e-5, a_b1=0.9, a_b2=0.999,
+      w_weight_decay=5e-4, a_lr=1e-3, a_weight_decay=4e-5,
+      # Adam betas and the gradient clip (global L2 norm, weights and alphas; 0 = off): not in the
+      # paper; the authors' release, fna_det/configs/fna_retinanet_fpn_search.py.
+      a_b1=0.5, a_b2=0.999, grad_clip_norm=35.0,
       random_candidates=20,                 # random search: architectures evaluated at the end
       conv_impl='')                         # supernet convs; '' = conv_impl below
   c.adapt = dict(                           # parameter adaptation (paper Sec. 4.1.1)
@@ -54,8 +58,13 @@ def get_config() -> ml_collections.ConfigDict:
       frozen_bn=False,                      # backbone BN on running statistics while fine-tuning
       steps=100_000, batch_size=16, crop_size=769, resize_to=(),  # () = no resize
       scales=(0.75, 1.0, 1.25, 1.5, 1.75, 2.0),
-      lr=0.01, warmup_steps=1000, warmup_start_lr=1e-4, poly_power=0.9, momentum=0.9,
-      weight_decay=5e-4)
+      # The release's fna_seg/model/deeplab/cityscapes.deeplabv3/config.py (lr 1e-2, warmup_iters
+      # 5000, lr_power 0.9, momentum 0.9, weight_decay 5e-4) and furnace/utils/init_func.py
+      # group_weight: the head at 10x the lr, no weight decay on BatchNorm scales/biases.
+      lr=0.01, warmup_steps=5000, warmup_start_lr=1e-4, poly_power=0.9, momentum=0.9,
+      weight_decay=5e-4,
+      head_lr_mult=10.0,                    # lr of every parameter outside 'backbone' (the head)
+      no_decay_bn_bias=True)                # no weight decay on BN scales and biases, any bias
   c.eval = dict(
       mode='whole',                         # or 'sliding': crop_size windows overlapping by overlap
       crop_size=769, overlap=2 / 3, batch_size=1, resize_to=(),  # () = full images

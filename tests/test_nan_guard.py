@@ -69,8 +69,7 @@ def restore_state(workdir, config, like, step=None):
   ``like``: variables with the structure of the network (the restore target).
   """
   ac = config.adapt
-  tx = adapt.finetune_optimizer(adapt.poly_schedule(ac.lr, ac.steps), ac.momentum,
-                                ac.weight_decay)
+  tx, _ = adapt.finetune_optimizer_from_config(ac)  # the adapt run's optimiser (state structure)
   target = steps.init_state(tx, like, jax.random.key(0))
   ckpts = RunCheckpoints(workdir)
   try:

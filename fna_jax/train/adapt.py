@@ -118,7 +118,12 @@ def recalibrate_bn(apply_fn: Callable, variables: Mapping[str, Any], batches: It
 # --------------------------------------------------------------------------- optimisation
 def poly_schedule(lr: float, total_steps: int, warmup_steps: int = 0,
                   warmup_start: float = 0.0, power: float = 0.9) -> optax.Schedule:
-  """Linear warm-up ``warmup_start -> lr`` over ``warmup_steps``, then ``lr * (1 - t/T)^power``."""
+  """Linear warm-up ``warmup_start -> lr`` over ``warmup_steps``, then ``lr * (1 - t/T)^power``.
+
+  Paper Sec. 4.1.1 (1e-4 -> 0.01, then poly decay to 0); the release's ``PolyLR``
+  (``fna_seg/furnace/engine/lr_policy.py``) with ``warmup_iters=5000`` and ``lr_power=0.9``
+  (``fna_seg/model/deeplab/cityscapes.deeplabv3/config.py``); ``T = total_steps - warmup_steps``.
+  """
   poly = optax.polynomial_schedule(lr, 0.0, power, max(total_steps - warmup_steps, 1))
   if warmup_steps <= 0:
     return poly
@@ -126,11 +131,67 @@ def poly_schedule(lr: float, total_steps: int, warmup_steps: int = 0,
       [optax.linear_schedule(warmup_start, lr, warmup_steps), poly], [warmup_steps])
 
 
+NO_DECAY_NAMES = ('bias', 'scale')   # BatchNorm's scale and bias, conv/dense biases
+
+
+def param_groups(params) -> Any:
+  """The fine-tuning parameter group of every leaf of ``params``, decided by its path.
+
+  Returns a pytree of ``params``' structure whose leaves are labels ``f'{part}_{decay}'``:
+  ``part`` is ``'backbone'`` for leaves under the top-level ``backbone`` collection and ``'head'``
+  for everything else (the task head, e.g. the ASPP, decoder and classifier); ``decay`` is
+  ``'decay'`` for conv/dense kernels and ``'no_decay'`` for BatchNorm scales and biases and
+  every bias (a leaf named ``bias`` or ``scale``; only BatchNorm has a ``scale``), and for any
+  other 1-D leaf (a per-channel vector).
+
+  These are the four groups of the authors' release (``fna_seg/furnace/utils/init_func.py``,
+  ``group_weight``): backbone conv weights (decay, lr), backbone BN (no decay, lr), other conv
+  weights (decay, 10 lr) and other BN (no decay, 10 lr); see :func:`finetune_optimizer`.
+  """
+  def label(path, x):
+    keys = [getattr(k, 'key', getattr(k, 'name', None)) for k in path]
+    part = 'backbone' if keys and keys[0] == 'backbone' else 'head'
+    no_decay = keys[-1] in NO_DECAY_NAMES or np.ndim(x) <= 1
+    return f'{part}_{"no_decay" if no_decay else "decay"}'
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
 def finetune_optimizer(lr_fn: optax.Schedule, momentum: float = 0.9,
-                       weight_decay: float = 4e-5) -> optax.GradientTransformation:
-  """SGD with momentum and (coupled, as torch's) weight decay."""
-  return optax.chain(optax.add_decayed_weights(weight_decay),
-                     optax.sgd(lr_fn, momentum=momentum))
+                       weight_decay: float = 5e-4, *, head_lr_mult: float = 10.0,
+                       no_decay_bn_bias: bool = True) -> optax.GradientTransformation:
+  """SGD with momentum and (coupled, as torch's) weight decay over the :func:`param_groups`.
+
+  The authors' release fine-tunes with torch's SGD over four parameter groups
+  (``fna_seg/furnace/utils/init_func.py``, ``group_weight``): the head (everything outside the
+  backbone) at ``10 * lr``, BatchNorm scales and biases without weight decay.  Here:
+
+  * ``weight_decay * w`` is added to the gradient of the ``*_decay`` leaves only when
+    ``no_decay_bn_bias`` (else of every leaf);
+  * momentum ``buf = momentum * buf + g`` (torch's first step: ``buf = g``), then ``-lr(t) * buf``;
+  * the update of every ``head_*`` leaf is multiplied by ``head_lr_mult``: the same as a group lr
+    of ``head_lr_mult * lr(t)``, since torch's momentum buffer does not depend on the lr.
+
+  ``head_lr_mult=1, no_decay_bn_bias=False`` is plain SGD over all parameters, with the same
+  optimiser state structure as before these options existed (old checkpoints resume).
+  """
+  def decay_mask(params):
+    return jax.tree.map(lambda l: not l.endswith('_no_decay'), param_groups(params))
+
+  def head_mask(params):
+    return jax.tree.map(lambda l: l.startswith('head_'), param_groups(params))
+
+  parts = [optax.add_decayed_weights(weight_decay, mask=decay_mask if no_decay_bn_bias else None),
+           optax.sgd(lr_fn, momentum=momentum)]
+  if head_lr_mult != 1.0:
+    parts.append(optax.masked(optax.scale(head_lr_mult), head_mask))
+  return optax.chain(*parts)
+
+
+def finetune_optimizer_from_config(ac) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """``(optimizer, lr_fn)`` of the ``config.adapt`` dict ``ac`` (what the adapt run uses)."""
+  lr_fn = poly_schedule(ac.lr, ac.steps, ac.warmup_steps, ac.warmup_start_lr, ac.poly_power)
+  return finetune_optimizer(lr_fn, ac.momentum, ac.weight_decay, head_lr_mult=ac.head_lr_mult,
+                            no_decay_bn_bias=ac.no_decay_bn_bias), lr_fn
 
 
 def jit_bn_forward(model, mesh):

@@ -8,7 +8,9 @@
    ``config.adapt.output_stride`` when set, e.g. 8 for Tab. 2's last rows) and its initial weights by ``config.adapt.init`` (:mod:`fna_jax.train.adapt`): ``'supernet'`` (FNA++,
    from ``search_dir/supernet``), ``'seed'`` (FNA) or ``'random'``;
 3. recomputes the BatchNorm statistics on ``config.adapt.bn_recalib_steps`` training batches;
-4. fine-tunes with SGD (linear warm-up, poly decay) on random-scale crops and flips, with the same
+4. fine-tunes with SGD (linear warm-up, poly decay; the head at ``head_lr_mult`` times the lr, no
+   weight decay on BatchNorm and biases: :func:`fna_jax.train.adapt.finetune_optimizer`) on
+   random-scale crops and flips, with the same
    sharding, checkpoint/resume, NaN guard and progress lines as the search;
 5. writes, in ``workdir``: ``arch.json``, ``model/`` (the fine-tuned variables with the settings to
    rebuild the network, :func:`fna_jax.runtime.checkpoint.save_variables`) and ``summary.json``
@@ -132,8 +134,7 @@ def run_adapt(config, workdir: str, search_dir: str, *, log=print,
   data = task.train_data(train_src, np.arange(n_train), batch_size=local_batch,
                          seed=config.seed + 11, stage='adapt')
   total = ac.steps
-  lr_fn = adapt.poly_schedule(ac.lr, total, ac.warmup_steps, ac.warmup_start_lr, ac.poly_power)
-  tx = adapt.finetune_optimizer(lr_fn, ac.momentum, ac.weight_decay)
+  tx, lr_fn = adapt.finetune_optimizer_from_config(ac)
   step_fn = steps_lib.jit_train_step(model, tx, task.loss, mesh)
   rep = mesh_lib.replicated(mesh)
 

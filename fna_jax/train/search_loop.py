@@ -76,13 +76,16 @@ def make_search_fns(config, model, space: spaces.SearchSpace, table: np.ndarray,
   """The steps' pieces for ``model`` (the task network over ``space``'s supernet): the task's
   loss, the cost ``table`` and the optimisers of ``config.search`` (paper Sec. 4.1.1: SGD with
   momentum and weight decay for the weights, lr warm-up then cosine over ``schedule``; Adam for
-  the alphas).  Returns ``(fns, lr_fn)``, ``lr_fn`` the weights' learning rate per step."""
+  the alphas, betas ``(a_b1, a_b2)``; both with gradients clipped at a global norm of
+  ``grad_clip_norm``, as in the authors' release: see :func:`fna_jax.train.search.arch_optimizer`).
+  Returns ``(fns, lr_fn)``, ``lr_fn`` the weights' learning rate per step."""
   sc = config.search
   opt_w, lr_fn = search.weight_optimizer(schedule, lr=sc.w_lr, lr_start=sc.w_lr_start,
                                          lr_end=sc.w_lr_end, momentum=sc.w_momentum,
-                                         weight_decay=sc.w_weight_decay)
+                                         weight_decay=sc.w_weight_decay,
+                                         grad_clip_norm=sc.grad_clip_norm)
   opt_a = search.arch_optimizer(lr=sc.a_lr, weight_decay=sc.a_weight_decay, b1=sc.a_b1,
-                                b2=sc.a_b2)
+                                b2=sc.a_b2, grad_clip_norm=sc.grad_clip_norm)
   return search.SearchFns(model, space, build.task(config).loss, table, sc.lam, opt_w,
                           opt_a), lr_fn
 
