@@ -15,7 +15,7 @@ import pytest
 from fna_jax import build
 from fna_jax.data import transforms as T
 from fna_jax.models.init import random_like, variable_shapes
-from fna_jax.runtime.checkpoint import load_variables
+from fna_jax.runtime.checkpoint import load_variables, save_variables
 from fna_jax.tasks.seg import demo_data, inference
 from fna_jax.train import adapt, evaluate
 from fna_jax.train.adapt_loop import build_network, read_search, run_adapt
@@ -181,3 +181,17 @@ def test_saved_model_is_the_state_after_the_last_step(adapted):
       saved['params'])[k])]
   assert len(changed) == len(_flat(before.params))  # the last SGD step moved every parameter
   assert model.frozen_bn is False and meta['head'] == c.adapt.head
+
+
+def test_a_network_saved_before_head_align_corners_is_rebuilt_with_half_pixel_upsampling(
+    adapted, tmp_path_factory):
+  """The saved head settings now hold ``align_corners`` (True: the release's upsampling); a
+  network saved without it was trained with half-pixel upsampling and is rebuilt that way."""
+  c, _, workdir, _ = adapted
+  model, variables, meta = build.load_network(os.path.join(workdir, 'model'), c)
+  assert meta['head_config']['align_corners'] is True and model.align_corners is True
+  del meta['head_config']['align_corners']
+  old = str(tmp_path_factory.mktemp('old') / 'model')
+  save_variables(old, variables, meta)
+  old_model, _, _ = build.load_network(old, c)
+  assert old_model.align_corners is False
