@@ -39,7 +39,8 @@ def get_config(variant: str | None = None):
                   w_lr_end=1e-3, w_lr_warmup_epochs=1, a_lr=3e-3, lam=5e-3, random_candidates=10)
   c.adapt.update(head='deeplabv3+_light', bn_recalib_steps=10, steps=300, batch_size=16, crop_size=64,
                  lr=0.01, warmup_steps=20, warmup_start_lr=1e-4)
-  c.eval.update(batch_size=20, num_visualize=4)
+  # Whole 64x64 images in one pass (Cityscapes' sliding 769 windows would pad them to 769).
+  c.eval.update(mode='whole', crop_size=64, batch_size=20, num_visualize=4)
   c.cost_input_size = (64, 64)
   c.log_every = 10
   c.checkpoint_every = 50

@@ -5,8 +5,10 @@ steps; images resized to 512x1024, random 321x321 crops, flips; batch 16; 80 epo
 from epoch 30.  Parameter adaptation: weights remapped from the supernet, BatchNorm statistics
 recomputed for 2000 iterations, 100k iterations of batch 16 on 769x769 crops of randomly rescaled
 images, SGD lr 0.01 (10x for the head, no weight decay on BN and biases) with 5000 warm-up
-iterations and poly decay.  Evaluation: mIoU on the validation set.  Needs the ImageNet seed converted with ``python -m weights_convert`` and Cityscapes
-prepared as ArrayRecord (``python -m fna_jax.tasks.seg.cityscapes --help``).
+iterations and poly decay.  Evaluation: mIoU on the validation set, sliding 769x769 windows with a
+stride of 2/3 of the window (513 px), one scale, no flip.  Needs the ImageNet seed converted with
+``python -m weights_convert`` and Cityscapes prepared as ArrayRecord
+(``python -m fna_jax.tasks.seg.cityscapes --help``).
 
 Usage: ``python scripts/fna.py --config=configs/seg_cityscapes.py --workdir=DIR`` (the whole
 pipeline) or the stages one by one (``scripts/search.py``, ``scripts/adapt.py``,
@@ -37,7 +39,11 @@ def get_config() -> ml_collections.ConfigDict:
   # rates: the ASPP's atrous rates at output stride 16, scaled with it (12/24/36 at 8);
   # low_level: DeepLabv3+ decoder input (the stride-4 stage)
   c.head = dict(name='deeplabv3', channels=256, rates=(6, 12, 18), dropout=0.1,
-                low_level='stage1')
+                low_level='stage1',
+                # Bilinear upsampling of the logits (and of DeepLabv3+'s ASPP output) with aligned
+                # corners, as the authors' release (TorchSeg: F.interpolate(..., 'bilinear',
+                # align_corners=True); hence its 16k+1 crops, 769); False: half-pixel centres.
+                align_corners=True)
   c.search = dict(
       method='differentiable',              # or 'random' (paper Sec. 4.8)
       init='remap',                         # or 'random': no seed remapping (Tab. 13 row 3)
@@ -65,9 +71,13 @@ def get_config() -> ml_collections.ConfigDict:
       weight_decay=5e-4,
       head_lr_mult=10.0,                    # lr of every parameter outside 'backbone' (the head)
       no_decay_bn_bias=True)                # no weight decay on BN scales and biases, any bias
+  # Evaluation as the authors' release (TorchSeg config: eval_crop_size 769, eval_stride_rate 2/3,
+  # eval_scale_array [1], eval_flip False): sliding 769x769 windows, one scale, no flip.
   c.eval = dict(
-      mode='whole',                         # or 'sliding': crop_size windows overlapping by overlap
-      crop_size=769, overlap=2 / 3, batch_size=1, resize_to=(),  # () = full images
+      mode='sliding',                       # or 'whole': the whole image in one forward pass
+      crop_size=769,                        # sliding window side in pixels
+      stride_fraction=2 / 3,                # window stride as a fraction of crop_size: 769 -> 513 px
+      batch_size=1, resize_to=(),           # () = full images
       num_visualize=4)                      # predictions saved as PNGs next to their inputs
   c.conv_impl = ''                          # '' = the backend's default (fna_jax.ops)
   c.cost_input_size = (1024, 2048)          # MAdds of the cost table are counted at this size

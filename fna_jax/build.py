@@ -78,14 +78,19 @@ def _mobilenet_v2_space(config) -> spaces.SearchSpace:
 TASKS: dict[str, Callable[[Any], Task]] = {'seg': SegmentationTask}
 DATASETS: dict[str, Callable[[Any, str], Any]] = {
     'demo': _demo_segmentation, 'cityscapes': _cityscapes}
+def _deeplab_plus_kwargs(config, conv, output_stride):
+  return dict(_deeplab_kwargs(config, conv, output_stride), low_level=config.head.low_level,
+              align_corners=config.head.get('align_corners', True))
+
+
 HEADS: dict[str, Callable[[Any, Any, int], Any]] = {
     'deeplabv3': lambda config, conv, os_: DeepLabV3Head(**_deeplab_kwargs(config, conv, os_)),
     # The paper's DeepLabv3+ (Tab. 2: regular 3x3 convs in the ASPP and the decoder) ...
     'deeplabv3+': lambda config, conv, os_: DeepLabV3PlusHead(
-        **_deeplab_kwargs(config, conv, os_), low_level=config.head.low_level),
+        **_deeplab_plus_kwargs(config, conv, os_)),
     # ... and a light one with depthwise-separable convs there (the embedded demo's head).
     'deeplabv3+_light': lambda config, conv, os_: DeepLabV3PlusHead(
-        **_deeplab_kwargs(config, conv, os_), low_level=config.head.low_level, separable=True)}
+        **_deeplab_plus_kwargs(config, conv, os_), separable=True)}
 SPACES: dict[str, Callable[[Any], spaces.SearchSpace]] = {'mobilenet_v2': _mobilenet_v2_space}
 
 
@@ -233,6 +238,8 @@ def load_network(model_dir: str, config):
         'adaptation (or its model/)')
   c = ml_collections.ConfigDict(config.to_dict())
   c.task = meta.get('task', 'seg')
+  # A network saved before ``head.align_corners`` existed was trained with half-pixel upsampling.
+  c.head.update({'align_corners': False})
   c.head.update({k: tuple(v) if isinstance(v, list) else v
                  for k, v in meta['head_config'].items()})
   c.data.num_classes = meta['num_classes']

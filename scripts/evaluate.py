@@ -2,7 +2,7 @@
 
   python scripts/evaluate.py --config=configs/demo.py --model_dir=runs/demo/adapt
   python scripts/evaluate.py --config=configs/seg_cityscapes.py --model_dir=runs/seg/adapt \
-      --config.eval.mode=sliding
+      --config.eval.mode=whole
 
 ``model_dir`` is a parameter-adaptation work directory (or its ``model`` subdirectory).  Results go
 to ``--out_dir`` (default ``<model_dir>/eval``): ``eval.json``, ``iou.txt`` and

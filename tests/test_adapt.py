@@ -235,7 +235,7 @@ def test_fna_pipeline_report_and_evaluation(searched, tmp_path_factory):
   assert sum('done before' in l for l in lines) == 3
   # Sliding windows smaller than the image give a valid evaluation too.
   c2 = c.copy_and_resolve_references()
-  c2.eval.update(mode='sliding', crop_size=24, overlap=0.5, num_visualize=0)
+  c2.eval.update(mode='sliding', crop_size=24, stride_fraction=0.5, num_visualize=0)
   ev2 = run_evaluation(c2, os.path.join(workdir, 'adapt'), str(tmp_path_factory.mktemp('ev')),
                        log=quiet)
   assert 0.0 <= ev2['miou'] <= 1.0

@@ -114,3 +114,29 @@ def test_demo_keeps_the_light_deeplabv3plus_and_deeplabv3plus_is_the_papers():
   for i in (1, 2):
     assert {f'decoder/sep{i}_dw_conv/kernel', f'decoder/sep{i}_pw_conv/kernel'} <= light
     assert f'decoder/fuse{i}_conv/kernel' in paper and not any('sep' in p for p in paper)
+
+
+def test_cityscapes_evaluates_as_the_release_sliding_769_windows_with_a_513_px_stride():
+  """The release's TorchSeg config: eval_crop_size 769, eval_stride_rate 2/3 (the stride as a
+  fraction of the crop: ceil(769 * 2 / 3) = ceil(512.67) = 513 px), eval_scale_array [1],
+  eval_flip False; the demo keeps whole-image evaluation of its 64x64 images."""
+  from fna_jax.tasks.seg import inference  # pylint: disable=g-import-not-at-top
+  c = seg_cityscapes.get_config()
+  assert c.eval.mode == 'sliding' and c.eval.crop_size == 769
+  assert inference.sliding_stride(c.eval.crop_size, c.eval.stride_fraction) == 513
+  assert 'overlap' not in c.eval  # the old name, read as 1 - stride fraction (257 px)
+  assert demo.get_config().eval.mode == 'whole'
+
+
+@pytest.mark.parametrize('align_corners', [True, False])
+def test_head_align_corners_reaches_the_network_and_the_deeplabv3plus_heads(align_corners):
+  """``head.align_corners`` (default True, the release's F.interpolate(align_corners=True)) is
+  what the segmentation network and both DeepLabv3+ heads upsample with."""
+  from fna_jax import arch as arch_lib  # pylint: disable=g-import-not-at-top
+  assert seg_cityscapes.get_config().head.align_corners is True
+  c = demo.get_config()
+  c.head.align_corners = align_corners
+  for name in ('deeplabv3+', 'deeplabv3+_light'):
+    assert build.head(c, name).align_corners is align_corners
+  net = build.task_network(c, arch_lib.seed(c.seed_net.arch))
+  assert net.align_corners is align_corners

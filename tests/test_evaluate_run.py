@@ -15,7 +15,7 @@ import pytest
 from fna_jax import build
 from fna_jax.data import transforms as T
 from fna_jax.models.init import random_like, variable_shapes
-from fna_jax.runtime.checkpoint import load_variables
+from fna_jax.runtime.checkpoint import load_variables, save_variables
 from fna_jax.tasks.seg import demo_data, inference
 from fna_jax.train import adapt, evaluate
 from fna_jax.train.adapt_loop import build_network, read_search, run_adapt
@@ -119,13 +119,16 @@ def test_sliding_windows_as_large_as_the_image_equal_whole_image(network, monkey
   _spy(monkeypatch, 'sliding_window_logits', sliding)
   c.eval.update(mode='whole', batch_size=8)
   r_whole = evaluate.evaluate_network(build.task(c), model, variables, source, log=quiet)
-  c.eval.update(mode='sliding', crop_size=c.data.image_size, overlap=2 / 3)
+  c.eval.update(mode='sliding', crop_size=c.data.image_size, stride_fraction=2 / 3)
   r_slide = evaluate.evaluate_network(build.task(c), model, variables, source, log=quiet)
   assert len(whole) == len(sliding) == 2
   for w, s in zip(whole, sliding):
     np.testing.assert_array_equal(np.argmax(s, -1), np.argmax(w, -1))
-    # One window covering the image: the same forward, its logits averaged over a count of 1.
-    np.testing.assert_allclose(s, w, rtol=1e-6, atol=1e-6)
+    # One window covering the image: the same forward, its softmax probabilities (what sliding
+    # windows add, as the release) averaged over a count of 1.
+    probs = np.exp(w - w.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    np.testing.assert_allclose(s, probs, rtol=1e-5, atol=1e-6)
   assert r_slide['mode'] == 'sliding' and r_whole['mode'] == 'whole'
   for k in ('miou', 'pixel_accuracy', 'iou', 'num_images'):
     assert r_slide[k] == r_whole[k], k
@@ -178,3 +181,17 @@ def test_saved_model_is_the_state_after_the_last_step(adapted):
       saved['params'])[k])]
   assert len(changed) == len(_flat(before.params))  # the last SGD step moved every parameter
   assert model.frozen_bn is False and meta['head'] == c.adapt.head
+
+
+def test_a_network_saved_before_head_align_corners_is_rebuilt_with_half_pixel_upsampling(
+    adapted, tmp_path_factory):
+  """The saved head settings now hold ``align_corners`` (True: the release's upsampling); a
+  network saved without it was trained with half-pixel upsampling and is rebuilt that way."""
+  c, _, workdir, _ = adapted
+  model, variables, meta = build.load_network(os.path.join(workdir, 'model'), c)
+  assert meta['head_config']['align_corners'] is True and model.align_corners is True
+  del meta['head_config']['align_corners']
+  old = str(tmp_path_factory.mktemp('old') / 'model')
+  save_variables(old, variables, meta)
+  old_model, _, _ = build.load_network(old, c)
+  assert old_model.align_corners is False

@@ -173,18 +173,20 @@ def test_class_name_lists():
 
 
 def test_stride_and_window_starts_of_the_cityscapes_setting():
-  # 769 * (1 - 2/3) = 256.33 -> 257
-  assert inference.sliding_stride(769, 2 / 3) == 257
+  # stride = ceil(769 * 2/3) = ceil(512.67) = 513 (the release's eval_stride_rate)
+  assert inference.sliding_stride(769, 2 / 3) == 513
   assert inference.sliding_stride(10, 0.5) == 5  # exact product: no spurious round-up
-  assert inference.sliding_stride(4, 0.9) == 1
-  # width 2048: 0, 257, 514, 771, 1028, then the border-aligned 2048 - 769 = 1279
-  assert inference.window_starts(2048, 769, 257) == [0, 257, 514, 771, 1028, 1279]
+  assert inference.sliding_stride(4, 0.1) == 1
+  assert inference.sliding_stride(769, 1.0) == 769
+  # width 2048: 0, 513, 1026, then the border-aligned 2048 - 769 = 1279
+  assert inference.window_starts(2048, 769, 513) == [0, 513, 1026, 1279]
   # height 1024: 0 and 1024 - 769 = 255
-  assert inference.window_starts(1024, 769, 257) == [0, 255]
-  assert inference.window_starts(769, 769, 257) == [0]
-  assert inference.window_starts(500, 769, 257) == [0]
-  with pytest.raises(ValueError, match='overlap'):
-    inference.sliding_stride(769, 1.0)
+  assert inference.window_starts(1024, 769, 513) == [0, 255]
+  assert inference.window_starts(769, 769, 513) == [0]
+  assert inference.window_starts(500, 769, 513) == [0]
+  for bad in (0.0, 1.5):
+    with pytest.raises(ValueError, match='stride_fraction'):
+      inference.sliding_stride(769, bad)
 
 
 def _pointwise_fn(num_classes):
@@ -204,7 +206,7 @@ def test_sliding_equals_whole_image_for_a_pointwise_fn():
     return fn(x)
 
   images = np.random.default_rng(0).standard_normal((2, 37, 50, 3)).astype(np.float32)
-  out = inference.sliding_window_logits(apply_fn, images, c, crop=16, overlap=0.5)
+  out = inference.sliding_window_logits(apply_fn, images, c, crop=16, stride_fraction=0.5)
   assert out.dtype == jnp.float32
   chex.assert_shape(out, (2, 37, 50, c))
   whole = inference.predict_whole(fn, images)
@@ -217,7 +219,7 @@ def test_sliding_of_ones_is_ones_including_a_padded_image():
   ones = lambda x: jnp.ones(x.shape[:3] + (3,), jnp.float32)
   for shape in ((1, 29, 31, 3), (2, 7, 40, 3), (1, 5, 6, 3)):
     out = inference.sliding_window_logits(ones, np.zeros(shape, np.float32), 3, crop=12,
-                                          overlap=2 / 3)
+                                          stride_fraction=1 / 3)
     chex.assert_shape(out, shape[:3] + (3,))
     np.testing.assert_allclose(np.asarray(out), 1.0, rtol=1e-6)
 
@@ -233,8 +235,10 @@ def _local_coords(x):
 def _brute_force_local_coords(h, w, crop, stride):
   """Per pixel, the mean over covering windows of its window-local (x, y): python loops.
 
-  Window origins along an axis: step by ``stride`` while the window stays inside, then add the
-  border-aligned one if the last does not already end at the border.
+  As the release: an axis shorter than ``crop`` is padded to ``crop``, ``(crop - size) // 2``
+  pixels before the image; window origins along an axis (in padded coordinates) step by
+  ``stride`` while the window stays inside, then the border-aligned one is added if the last does
+  not already end at the border.
   """
   def origins(length):
     if length <= crop:
@@ -246,25 +250,60 @@ def _brute_force_local_coords(h, w, crop, stride):
     starts.append(length - crop)
     return starts
 
+  top, left = max(crop - h, 0) // 2, max(crop - w, 0) // 2
+  hp, wp = max(h, crop), max(w, crop)
   out = np.zeros((h, w, 2))
   for py in range(h):
     for px in range(w):
-      vals = [(px - ox, py - oy) for oy in origins(h) for ox in origins(w)
-              if oy <= py < oy + crop and ox <= px < ox + crop]
+      qy, qx = py + top, px + left  # padded coordinates
+      vals = [(qx - ox, qy - oy) for oy in origins(hp) for ox in origins(wp)
+              if oy <= qy < oy + crop and ox <= qx < ox + crop]
       out[py, px] = np.mean(vals, axis=0)
   return out
 
 
-@pytest.mark.parametrize('h,w,crop,overlap', [(23, 41, 10, 2 / 3), (7, 30, 10, 0.5),
-                                              (16, 16, 16, 2 / 3), (20, 27, 9, 0.25)])
-def test_sliding_averages_a_translation_variant_fn_like_a_brute_force_loop(h, w, crop, overlap):
-  stride = inference.sliding_stride(crop, overlap)
+@pytest.mark.parametrize('h,w,crop,stride_fraction', [(23, 41, 10, 1 / 3), (7, 30, 10, 0.5),
+                                                      (16, 16, 16, 2 / 3), (20, 27, 9, 0.75),
+                                                      (6, 5, 10, 2 / 3)])
+def test_sliding_averages_a_translation_variant_fn_like_a_brute_force_loop(h, w, crop,
+                                                                          stride_fraction):
+  stride = inference.sliding_stride(crop, stride_fraction)
   images = np.zeros((2, h, w, 3), np.float32)
   out = np.asarray(inference.sliding_window_logits(_local_coords, images, 2, crop=crop,
-                                                   overlap=overlap))
+                                                   stride_fraction=stride_fraction))
   expected = _brute_force_local_coords(h, w, crop, stride)
   np.testing.assert_allclose(out[0], expected, rtol=1e-6, atol=1e-5)
   np.testing.assert_allclose(out[1], expected, rtol=1e-6, atol=1e-5)
+
+
+def test_cityscapes_windows_are_the_releases_2_by_4_grid_of_513_px_strides():
+  """The windows ``sliding_window_logits`` evaluates on a 1024x2048 image, crop 769, 2/3.
+
+  Derived by hand from the release's rule (TorchSeg ``scale_process``: ``stride = ceil(crop *
+  stride_rate)``; ``ceil((L - crop) / stride) + 1`` windows along an axis of ``L`` pixels, the
+  i-th at ``s = i * stride`` moved back to ``min(s + crop, L) - crop``):
+  stride = ceil(769 * 2 / 3) = ceil(512.67) = 513;
+  height: ceil((1024 - 769) / 513) + 1 = ceil(255 / 513) + 1 = 2 windows, at 0 and
+  min(513 + 769, 1024) - 769 = 255;
+  width: ceil((2048 - 769) / 513) + 1 = ceil(1279 / 513) + 1 = 3 + 1 = 4 windows, at 0, 513,
+  1026 (1026 + 769 = 1795 <= 2048) and min(1539 + 769, 2048) - 769 = 1279.
+  Each window's origin is read from the image itself: channel 0 holds the row, channel 1 the
+  column of every pixel (exact in float32 below 2**24).
+  """
+  h, w, crop = 1024, 2048, 769
+  rows, cols = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32),
+                           indexing='ij')
+  image = np.stack([rows, cols, np.zeros_like(rows)], -1)[None]
+  seen = []
+
+  def apply_fn(x):
+    assert x.shape == (1, crop, crop, 3)
+    seen.append((int(x[0, 0, 0, 0]), int(x[0, 0, 0, 1])))
+    return jnp.zeros((1, crop, crop, 1), jnp.float32)
+
+  inference.sliding_window_logits(apply_fn, image, 1, crop=crop, stride_fraction=2 / 3)
+  expected = [(y, x) for y in (0, 255) for x in (0, 513, 1026, 1279)]
+  assert sorted(seen) == sorted(expected) and len(seen) == 8
 
 
 def test_sliding_window_with_a_batch_sharded_over_8_devices(devices):

@@ -12,7 +12,8 @@ with dilation r, BN, ReLU, 1x1 conv, BN, ReLU) or regular 3x3 convs with dilatio
   paper's Tab. 2 (FNA++ with DeepLabv3+: 5.71M Params, 210.11B MAdds at output stride 16).  Regular
   3x3 atrous ASPP branches; a decoder (Chen et al. 2018): the low-level feature map (MobileNetV2:
   the 24-channel stage at stride 4) -> 1x1 conv to 48 channels -> BN -> ReLU; the ASPP output
-  upsampled bilinearly to its size and concatenated; two regular 3x3 convs of ``channels``, each
+  upsampled bilinearly to its size (aligned corners by default, ``align_corners``) and
+  concatenated; two regular 3x3 convs of ``channels``, each
   followed by BN and ReLU; the classifier.  Logits are returned at the low-level resolution.
 * ``deeplabv3+_light`` (:class:`DeepLabV3PlusHead`, ``separable=True``): the same layout with
   depthwise-separable atrous branches and decoder convs (about 2.6M Params and 44B MAdds with
@@ -37,6 +38,7 @@ import jax.numpy as jnp
 
 from fna_jax.models.blocks import batch_norm
 from fna_jax.ops import Conv
+from fna_jax.tasks.seg.resize import resize_bilinear
 
 
 def relu_bn(y, train: bool, name: str):
@@ -87,6 +89,7 @@ class ASPP(nn.Module):
       branches.append(branch(x, c, train, f'b{i}', dilation=r, conv=self.conv))
     pooled = jnp.mean(x, axis=(1, 2), keepdims=True)
     pooled = relu_bn(self.conv(c, 1, name='pool_conv')(pooled), train, 'pool_bn')
+    # Upsampling a 1x1 map bilinearly (either rule) repeats its value: a broadcast.
     branches.append(jnp.broadcast_to(pooled, x.shape[:3] + (c,)))
     y = jnp.concatenate(branches, axis=-1)
     return relu_bn(self.conv(c, 1, name='project_conv')(y), train, 'project_bn')
@@ -117,7 +120,9 @@ class DeepLabV3PlusHead(nn.Module):
   24-channel stage at stride 4).  ``separable=False`` (default): regular 3x3 convs in the ASPP's
   atrous branches and the decoder, the paper's DeepLabv3+ network (Tab. 2: 5.71M Params, 210.11B
   MAdds at 1024x2048, output stride 16); ``True``: depthwise-separable ones (the light head of
-  the demo).  Dropout needs a ``'dropout'`` rng when ``train=True``.
+  the demo).  ``align_corners``: the ASPP output is upsampled to the low-level size with aligned
+  corners (True, as the authors' release upsamples) or half-pixel centres (``jax.image.resize``).
+  Dropout needs a ``'dropout'`` rng when ``train=True``.
   """
   num_classes: int
   channels: int = 256
@@ -127,6 +132,7 @@ class DeepLabV3PlusHead(nn.Module):
   low_channels: int = 48
   conv: Any = Conv  # ops.Conv or ops.conv_module(impl)
   separable: bool = False
+  align_corners: bool = True
 
   @nn.compact
   def __call__(self, feats, train: bool = False):
@@ -134,9 +140,8 @@ class DeepLabV3PlusHead(nn.Module):
              name='aspp')(feats['out'], train)
     y = nn.Dropout(self.dropout, deterministic=not train)(y)
     low = feats[self.low_level]
-    n, h, w, _ = low.shape
     dec = _Decoder(self.channels, self.low_channels, self.conv, self.separable, name='decoder')
-    y = dec(jax.image.resize(y, (n, h, w, y.shape[-1]), 'bilinear'), low, train)
+    y = dec(resize_bilinear(y, low.shape[1:3], self.align_corners), low, train)
     return self.conv(self.num_classes, 1, use_bias=True, name='classifier')(y)
 
 

@@ -1,9 +1,12 @@
 """Inference for evaluation: the whole image at once, or sliding windows (paper Sec. 4.1.1).
 
-The paper evaluates Cityscapes either on the whole image or with sliding 769x769 windows that
-overlap by 2/3, averaging the logits where windows overlap.  Both functions take ``apply_fn``, a
-function of a batch of normalised images ``(n, h, w, 3)`` float32 to logits ``(n, h, w, C)`` at the
-input size, typically a jitted ``lambda x: model.apply(variables, x, train=False)``.
+The authors' release (TorchSeg's ``Evaluator.sliding_eval``, Cityscapes config ``eval_crop_size
+769``, ``eval_stride_rate 2/3``, ``eval_scale_array [1]``, ``eval_flip False``) evaluates with
+sliding 769x769 windows whose stride is 2/3 of the window, ``ceil(769 * 2/3) = 513`` pixels (the
+rate is the stride as a fraction of the crop, not the overlap), adding up the class scores where
+windows overlap.  Both functions take ``apply_fn``, a function of a batch of normalised images
+``(n, h, w, 3)`` float32 to per-pixel class scores ``(n, h, w, C)`` at the input size, typically
+a jitted ``lambda x: model.apply(variables, x, train=False)`` (logits) or its softmax.
 """
 
 from __future__ import annotations
@@ -32,21 +35,28 @@ def predict_whole(apply_fn: ApplyFn, images: jax.Array) -> jax.Array:
   return apply_fn(images)
 
 
-def sliding_stride(crop: int, overlap: float) -> int:
-  """Window stride in pixels: ``ceil(crop * (1 - overlap))`` (769, 2/3 -> 257), at least 1."""
-  if not 0.0 <= overlap < 1.0:
-    raise ValueError(f'overlap must be in [0, 1), got {overlap}')
+def sliding_stride(crop: int, stride_fraction: float) -> int:
+  """Window stride in pixels: ``ceil(crop * stride_fraction)``, at least 1.
+
+  ``stride_fraction`` is the stride as a fraction of the window side (the release's
+  ``eval_stride_rate``): 769, 2/3 -> ``ceil(512.67) = 513``; windows then overlap by
+  ``crop - stride`` pixels (256).
+  """
+  if not 0.0 < stride_fraction <= 1.0:
+    raise ValueError(f'stride_fraction must be in (0, 1], got {stride_fraction}')
   if crop <= 0:
     raise ValueError(f'crop must be positive, got {crop}')
   # The small tolerance keeps an exact product (e.g. 10 * 0.5) from rounding up by float error.
-  return max(1, math.ceil(crop * (1.0 - overlap) - 1e-9))
+  return max(1, math.ceil(crop * stride_fraction - 1e-9))
 
 
 def window_starts(length: int, crop: int, stride: int) -> list[int]:
   """Start offsets of the windows along one axis of ``length`` pixels.
 
-  Windows start every ``stride`` pixels; the last one ends at the border (``length - crop``).  An
-  axis no longer than ``crop`` gets one window at 0 (the image is padded up to ``crop``).
+  Windows start every ``stride`` pixels; the last one ends at the border (``length - crop``),
+  ``ceil((length - crop) / stride) + 1`` windows in all, as in the release (``s = i * stride``,
+  ``e = min(s + crop, length)``, ``s = e - crop``).  An axis no longer than ``crop`` gets one
+  window at 0 (the image is padded up to ``crop``).
   """
   if length <= crop:
     return [0]
@@ -67,9 +77,9 @@ def _add_window(acc, logits, y, x):
   return jax.lax.dynamic_update_slice(acc, cur + logits.astype(acc.dtype), start)
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def _normalise(acc, inv_count, h, w):
-  return acc[:, :h, :w, :] * inv_count[None, :, :, None]
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _normalise(acc, inv_count, top, left, h, w):
+  return acc[:, top:top + h, left:left + w, :] * inv_count[None, :, :, None]
 
 
 def _zeros_like_sharded(shape, like: jax.Array) -> jax.Array:
@@ -84,36 +94,44 @@ def _zeros_like_sharded(shape, like: jax.Array) -> jax.Array:
 
 
 def sliding_window_logits(apply_fn: ApplyFn, image_batch: jax.Array, num_classes: int,
-                          crop: int = 769, overlap: float = 2 / 3) -> jax.Array:
-  """Sliding-window inference: logits averaged over the windows covering each pixel.
+                          crop: int = 769, stride_fraction: float = 2 / 3) -> jax.Array:
+  """Sliding-window inference: ``apply_fn``'s scores averaged over the windows covering a pixel.
 
-  Windows are ``crop x crop`` with stride ``ceil(crop * (1 - overlap))`` (257 for 769 and 2/3),
+  Windows are ``crop x crop`` with stride ``ceil(crop * stride_fraction)`` (513 for 769 and 2/3),
   the last one of each row and column aligned to the image border (:func:`window_starts`), so
-  every pixel is covered; a 1024x2048 Cityscapes image gets 2 x 6 windows.  An image smaller than
-  ``crop`` along an axis is zero-padded at the bottom / right to ``crop`` and the padding is cut
-  from the result.  ``apply_fn`` is called once per window position on the whole batch, always
-  with the shape ``(N, crop, crop, 3)`` (one compilation); the accumulation stays on the device
-  and follows the sharding of ``image_batch`` (e.g. batch-sharded over a mesh).
+  every pixel is covered; a 1024x2048 Cityscapes image gets 2 x 4 windows (rows at 0 and 255,
+  columns at 0, 513, 1026 and 1279).  An image smaller than ``crop`` along an axis is zero-padded
+  to ``crop`` on both sides of that axis, ``(crop - size) // 2`` before and the rest after (as
+  the release's ``pad_image_to_shape``), and the padding is cut from the result.  The padding is
+  0 in normalised units (the mean colour), as the release pads an image that fits in one window;
+  where it slides several windows over an image smaller than the crop along one axis, it pads
+  before normalising (black).  ``apply_fn`` is called once per window position on the whole
+  batch, always with the shape ``(N, crop, crop, 3)`` (one compilation); the accumulation stays
+  on the device and follows the sharding of ``image_batch`` (e.g. batch-sharded over a mesh).
+  The release adds the windows' scores without dividing by the count; per pixel that is the
+  average times a positive count, so both give the same argmax.
 
   Args:
-    apply_fn: ``(n, crop, crop, 3)`` -> logits ``(n, crop, crop, num_classes)``.
+    apply_fn: ``(n, crop, crop, 3)`` -> scores ``(n, crop, crop, num_classes)`` (logits, or
+      probabilities as the release adds).
     image_batch: ``(N, H, W, 3)`` float32 normalised images.
-    num_classes: C, the logits' last dimension.
+    num_classes: C, the scores' last dimension.
     crop: window side in pixels.
-    overlap: fraction of a window shared with the next one, in [0, 1).
+    stride_fraction: window stride as a fraction of ``crop``, in (0, 1].
 
   Returns:
-    float32 ``(N, H, W, C)`` averaged logits.
+    float32 ``(N, H, W, C)`` averaged scores.
   """
   images = jnp.asarray(image_batch)
   if images.ndim != 4:
     raise ValueError(f'image_batch must be (N, H, W, C), got shape {images.shape}')
   n, h, w, _ = images.shape
-  stride = sliding_stride(crop, overlap)
+  stride = sliding_stride(crop, stride_fraction)
   hp, wp = max(h, crop), max(w, crop)
+  top, left = (hp - h) // 2, (wp - w) // 2
   if (hp, wp) != (h, w):
-    images = jnp.pad(images, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
-  ys, xs = window_starts(h, crop, stride), window_starts(w, crop, stride)
+    images = jnp.pad(images, ((0, 0), (top, hp - h - top), (left, wp - w - left), (0, 0)))
+  ys, xs = window_starts(hp, crop, stride), window_starts(wp, crop, stride)
   count = np.zeros((hp, wp), np.float32)
   acc = None
   for y in ys:
@@ -126,4 +144,5 @@ def sliding_window_logits(apply_fn: ApplyFn, image_batch: jax.Array, num_classes
         acc = _zeros_like_sharded((n, hp, wp, num_classes), logits)
       acc = _add_window(acc, logits, y, x)
       count[y:y + crop, x:x + crop] += 1
-  return _normalise(acc, jnp.asarray(1.0 / count[:h, :w]), h, w)
+  inv = jnp.asarray(1.0 / count[top:top + h, left:left + w])
+  return _normalise(acc, inv, top, left, h, w)

@@ -39,7 +39,9 @@ class SegmentationTask(base.Task):
   metric = 'miou'
 
   def network(self, body, head, *, frozen_bn: bool = False) -> SegmentationNet:
-    return SegmentationNet(body, head, frozen_bn=frozen_bn)
+    # head.align_corners: logits upsampled as the authors' release does (aligned corners).
+    return SegmentationNet(body, head, frozen_bn=frozen_bn,
+                           align_corners=self.config.head.get('align_corners', True))
 
   def loss(self, outputs, batch):
     return segmentation_loss(outputs, batch)
@@ -86,8 +88,10 @@ class SegmentationTask(base.Task):
 class SegEvaluator(base.Evaluator):
   """mIoU of a segmentation network: one confusion matrix over every batch (label 255 ignored).
 
-  ``eval_cfg``: ``mode`` (``'whole'`` or ``'sliding'``: windows of ``crop_size`` overlapping by
-  ``overlap``), ``num_visualize`` (the first images saved as input | ground truth | prediction
+  ``eval_cfg``: ``mode`` (``'whole'`` or ``'sliding'``: windows of ``crop_size`` with a stride of
+  ``stride_fraction * crop_size``, their softmax probabilities averaged where they overlap, as the
+  authors' release adds them; :func:`~fna_jax.tasks.seg.inference.sliding_window_logits`),
+  ``num_visualize`` (the first images saved as input | ground truth | prediction
   PNGs under ``out_dir/predictions``, single-process runs).
   """
 
@@ -103,6 +107,10 @@ class SegEvaluator(base.Evaluator):
     self.variables = jax.device_put(variables, rep)
     self.forward = jax.jit(lambda v, x: model.apply(v, x, False), in_shardings=(rep, data),
                            out_shardings=data)
+    # Sliding windows add class probabilities where they overlap, as the release does (it adds
+    # exp(log_softmax)); averaging logits could pick another class there.
+    self.forward_probs = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, False), -1),
+                                 in_shardings=(rep, data), out_shardings=data)
     self.count_cm = jax.jit(
         lambda labels, preds: metrics.confusion_matrix(labels, preds, num_classes),
         in_shardings=(data, data), out_shardings=rep)
@@ -111,12 +119,12 @@ class SegEvaluator(base.Evaluator):
 
   def add(self, host_batch):
     b = mesh_lib.put_batch(host_batch, self.mesh)
-    apply_fn = lambda x: self.forward(self.variables, x)
     if self.cfg.mode == 'whole':
-      logits = inference.predict_whole(apply_fn, b['image'])
+      logits = inference.predict_whole(lambda x: self.forward(self.variables, x), b['image'])
     else:
-      logits = inference.sliding_window_logits(apply_fn, b['image'], self.num_classes,
-                                               self.cfg.crop_size, self.cfg.overlap)
+      logits = inference.sliding_window_logits(
+          lambda x: self.forward_probs(self.variables, x), b['image'], self.num_classes,
+          self.cfg.crop_size, self.cfg.stride_fraction)
     preds = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     self.cm += np.asarray(self.count_cm(b['label'], preds), np.int64)
     valid = np.any(host_batch['label'] != IGNORE_LABEL, axis=(1, 2))  # not eval padding
