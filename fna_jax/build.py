@@ -59,7 +59,11 @@ def deeplab_rates(rates, output_stride: int) -> tuple[int, ...]:
   """
   if output_stride not in (8, 16, 32):
     raise ValueError(f'DeepLab heads run at output stride 8, 16 or 32, got {output_stride}')
-  return tuple(int(r) * 16 // output_stride for r in rates)
+  scaled = tuple(int(r) * 16 / output_stride for r in rates)
+  if any(r < 1 or r != int(r) for r in scaled):
+    raise ValueError(f'head.rates {tuple(rates)} (at output stride 16) give no integer rates at '
+                     f'output stride {output_stride}: {scaled}')
+  return tuple(int(r) for r in scaled)
 
 
 def _deeplab_kwargs(config, conv, output_stride):

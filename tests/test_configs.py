@@ -138,5 +138,5 @@ def test_head_align_corners_reaches_the_network_and_the_deeplabv3plus_heads(alig
   c.head.align_corners = align_corners
   for name in ('deeplabv3+', 'deeplabv3+_light'):
     assert build.head(c, 16, name).align_corners is align_corners
-  net = build.task_network(c, arch_lib.seed(c.seed_net.arch))
+  net = build.task_network(c, build.space(c).task_arch(arch_lib.seed(c.seed_net.arch)))
   assert net.align_corners is align_corners
