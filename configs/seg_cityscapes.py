@@ -47,6 +47,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.search = dict(
       method='differentiable',              # or 'random' (paper Sec. 4.8)
       init='remap',                         # or 'random': no seed remapping (Tab. 13 row 3)
+      random_init='normal',                 # init='random': backbone conv kernels N(0, 0.01^2)
+                                            # as the authors' release (backbone_init="normal"),
+                                            # or 'kaiming' (fan_out); the head is kaiming
       remap_strategy='fna',
       epochs=80, warmup_epochs=30, batch_size=16, lam=5e-3, alpha_init_scale=1e-3,
       w_lr=0.02, w_lr_start=1e-4, w_lr_end=1e-3, w_lr_warmup_epochs=5, w_momentum=0.9,
@@ -58,6 +61,8 @@ def get_config() -> ml_collections.ConfigDict:
       conv_impl='')                         # supernet convs; '' = conv_impl below
   c.adapt = dict(                           # parameter adaptation (paper Sec. 4.1.1)
       init='supernet',                      # 'supernet' (FNA++), 'seed' (FNA) or 'random'
+      random_init='normal',                 # init='random': backbone conv kernels 'normal'
+                                            # (the release's) or 'kaiming', as in c.search
       head='deeplabv3',                     # or 'deeplabv3+': the derived backbone in DeepLabv3+
       output_stride=0,                      # 0 = as searched (16); 8: Tab. 2's last rows
       bn_recalib_steps=2000,                # BatchNorm statistics recomputed before fine-tuning

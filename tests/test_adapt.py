@@ -14,6 +14,7 @@ from fna_jax import spaces
 from fna_jax.runtime.checks import VariableMismatchError
 from fna_jax.train.evaluate import run_evaluation
 from fna_jax.models import Backbone
+from fna_jax.models.blocks import batch_norm
 from fna_jax.models import supernet as sn
 from fna_jax.tasks.seg.heads import DeepLabV3Head, DeepLabV3PlusHead
 from fna_jax.models.init import init_variables, variable_shapes
@@ -95,7 +96,7 @@ class _ConvBN(nn.Module):
   @nn.compact
   def __call__(self, x, train=False):
     x = nn.Conv(4, (3, 3), name='conv')(x)
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, name='bn')(x)
+    return batch_norm(train, 'bn')(x)  # the project's BN (torch's: unbiased running var)
 
 
 def test_recalibrate_bn_is_the_average_of_batch_statistics():
@@ -110,7 +111,8 @@ def test_recalibrate_bn_is_the_average_of_batch_statistics():
   conv = lambda x: nn.Conv(4, (3, 3)).apply({'params': variables['params']['conv']}, x)
   feats = [np.asarray(conv(b['image']), np.float64).reshape(-1, 4) for b in batches]
   want_mean = np.mean([f.mean(0) for f in feats], axis=0)
-  want_var = np.mean([f.var(0) for f in feats], axis=0)
+  # torch's recalibration (momentum=None): the average of the unbiased batch variances.
+  want_var = np.mean([f.var(0, ddof=1) for f in feats], axis=0)
   np.testing.assert_allclose(out['batch_stats']['bn']['mean'], want_mean, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(out['batch_stats']['bn']['var'], want_var, rtol=1e-4)
   assert out['params'] is variables['params']

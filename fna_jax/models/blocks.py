@@ -10,8 +10,10 @@ Parameter names inside a block are fixed, so converters and remapping address th
   ``conv3``/``bn3`` (1x1), ``downsample_conv``/``downsample_bn``.
 
 All blocks take and return NHWC float arrays and a ``train`` flag that selects batch statistics
-(train) or running averages (eval).  BatchNorm matches torch: eps 1e-5, running-average momentum 0.1
-(flax ``momentum=0.9``).
+(train) or running averages (eval).  BatchNorm (:class:`BatchNorm`) matches torch's
+``nn.BatchNorm2d``, as the authors' release (github.com/JaminFong/FNA) uses it: eps 1e-5,
+running-average momentum 0.1 (flax ``momentum=0.9``), running variance from the unbiased batch
+variance.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from fna_jax import arch as arch_lib
 from fna_jax.ops import Conv
@@ -28,9 +31,60 @@ BN_EPS = 1e-5
 BN_MOMENTUM = 0.9  # flax convention: new = m * old + (1 - m) * batch; torch's momentum 0.1
 
 
-def batch_norm(train: bool, name: str) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS,
-                      name=name)
+class BatchNorm(nn.Module):
+  """torch ``nn.BatchNorm2d`` over the last axis, with flax ``nn.BatchNorm``'s variables.
+
+  Variables: params ``scale`` (1) and ``bias`` (0), batch_stats ``mean`` (0) and ``var`` (1), all
+  float32, the names and collections of flax's ``nn.BatchNorm`` (converters and remapping address
+  them by name).  In training (``use_running_average=False``) the input is normalised with the
+  batch mean and the biased batch variance over all but the last axis; the running averages are
+  updated (not while initialising) as ``new = momentum * old + (1 - momentum) * batch`` where the
+  batch variance is the unbiased one, ``var * n / (n - 1)`` with ``n`` the number of elements per
+  channel, as torch does (flax's ``nn.BatchNorm`` averages the biased one).  The difference
+  matters where ``n`` is small: DeepLab's image-pooling branch has one value per image, so ``n`` is
+  the batch size.  Under a jit with the batch sharded over devices the statistics, and ``n``, are
+  global (SyncBN, as the release's ``C.sync_bn``).  ``n == 1`` (torch refuses it in training)
+  updates with the biased variance, 0.  ``unbiased_running_var=False`` gives flax's update.
+
+  Statistics are computed in float32, the variance as flax does (``E[x^2] - E[x]^2``, clamped at
+  0), so the output is computed as flax's ``nn.BatchNorm`` computes it, in training and eval.
+  """
+  use_running_average: bool | None = None
+  momentum: float = BN_MOMENTUM
+  epsilon: float = BN_EPS
+  unbiased_running_var: bool = True
+
+  @nn.compact
+  def __call__(self, x, use_running_average: bool | None = None):
+    use_running_average = nn.merge_param('use_running_average', self.use_running_average,
+                                         use_running_average)
+    c = x.shape[-1]
+    ra_mean = self.variable('batch_stats', 'mean', lambda s: jnp.zeros(s, jnp.float32), (c,))
+    ra_var = self.variable('batch_stats', 'var', lambda s: jnp.ones(s, jnp.float32), (c,))
+    scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
+    xf = jnp.asarray(x, jnp.float32)
+    if use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      axes = tuple(range(x.ndim - 1))
+      mean = jnp.mean(xf, axes)
+      # Biased, what the batch is normalised with; E[x^2] - E[x]^2 as flax's nn.BatchNorm (one
+      # pass), so the forward pass is flax's.
+      var = jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
+      if not self.is_initializing():
+        n = x.size // c  # elements per channel (global under a sharded jit: shapes are global)
+        running_var = var * (n / (n - 1)) if self.unbiased_running_var and n > 1 else var
+        m = self.momentum
+        ra_mean.value = m * ra_mean.value + (1.0 - m) * mean
+        ra_var.value = m * ra_var.value + (1.0 - m) * running_var
+    y = (xf - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+    return jnp.asarray(y, jnp.result_type(x.dtype, jnp.float32))
+
+
+def batch_norm(train: bool, name: str) -> BatchNorm:
+  """The BatchNorm of every block and head: batch statistics when ``train``, else running ones."""
+  return BatchNorm(use_running_average=not train, name=name)
 
 
 class MBConv(nn.Module):

@@ -5,10 +5,20 @@ a long compilation.  :func:`init_variables` instead takes the variable shapes fr
 ``jax.eval_shape(module.init, ...)`` and draws each leaf from the distribution its module's
 initialiser uses:
 
-* conv kernels (4-D ``kernel``): torchvision's kaiming normal, fan_out (as ``fna_jax.ops.Conv``);
+* conv kernels (4-D ``kernel``), by ``conv_init``: ``'kaiming'`` (default), torchvision's kaiming
+  normal, fan_out (as ``fna_jax.ops.Conv``); ``'normal'``, normal with std 0.01, what the authors'
+  release draws for a randomly initialised backbone (``backbone_init = "normal"`` in
+  ``fna_seg/model/deeplab/cityscapes.deeplabv3/config.py`` and ``torch.nn.init.normal_(m.weight,
+  0, 0.01)`` in ``.../backbone/derived_backbone.py``, github.com/JaminFong/FNA);
 * dense kernels (2-D ``kernel``): normal with variance 1 / fan_in (flax's ``nn.Dense`` default is
-  the truncated version of it);
-* ``bias``: 0; BatchNorm ``scale`` 1, running ``mean`` 0 and ``var`` 1.
+  the truncated version of it), whatever ``conv_init`` (the release's backbone initialisation
+  touches only its ``Conv2d`` and ``BatchNorm2d`` layers);
+* ``bias``: 0; BatchNorm ``scale`` 1, running ``mean`` 0 and ``var`` 1 (the release: BN weight 1,
+  bias 0, conv biases zeroed).
+
+``random_like(..., backbone_conv_init=...)`` applies another scheme to the conv kernels under a
+``backbone`` key only (the random rows of the paper's Tab. 13 initialise the backbone as the
+release does; heads keep kaiming).
 
 Draws use numpy's generator seeded by ``seed`` (thousands of small eager jax.random calls take
 tens of seconds for a supernet; numpy takes a fraction of one).
@@ -22,12 +32,16 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _init_leaf(path, shape_dtype, rng: np.random.Generator) -> np.ndarray:
+CONV_INITS = ('kaiming', 'normal')
+NORMAL_STD = 0.01  # the release's torch.nn.init.normal_(m.weight, 0, 0.01)
+
+
+def _init_leaf(path, shape_dtype, rng: np.random.Generator, conv_init: str) -> np.ndarray:
   name = path[-1].key
   shape, dtype = tuple(shape_dtype.shape), shape_dtype.dtype
   if name == 'kernel' and len(shape) == 4:
     kh, kw, _, c_out = shape
-    std = (2.0 / (kh * kw * c_out)) ** 0.5
+    std = (2.0 / (kh * kw * c_out)) ** 0.5 if conv_init == 'kaiming' else NORMAL_STD
   elif name == 'kernel' and len(shape) == 2:
     std = (1.0 / shape[0]) ** 0.5
   elif name in ('bias', 'mean'):
@@ -39,10 +53,26 @@ def _init_leaf(path, shape_dtype, rng: np.random.Generator) -> np.ndarray:
   return (std * rng.standard_normal(shape)).astype(dtype)
 
 
-def random_like(shapes, seed: int):
-  """A numpy variables tree with the structure of ``shapes`` (ShapeDtypeStructs or arrays)."""
+def _under_backbone(path) -> bool:
+  return any(getattr(k, 'key', None) == 'backbone' for k in path)
+
+
+def random_like(shapes, seed: int, conv_init: str = 'kaiming',
+                backbone_conv_init: str | None = None):
+  """A numpy variables tree with the structure of ``shapes`` (ShapeDtypeStructs or arrays).
+
+  ``conv_init``: the conv kernels' scheme (``'kaiming'`` or ``'normal'``, see the module doc);
+  ``backbone_conv_init``: the scheme of the conv kernels under a ``backbone`` key (default
+  ``conv_init``).  The draws are the same standard normals whatever the schemes.
+  """
+  for scheme in (conv_init, backbone_conv_init):
+    if scheme is not None and scheme not in CONV_INITS:
+      raise ValueError(f'conv init must be one of {CONV_INITS}, got {scheme!r}')
+  backbone_conv_init = backbone_conv_init or conv_init
   rng = np.random.default_rng(seed)
-  return jax.tree_util.tree_map_with_path(lambda p, s: _init_leaf(p, s, rng), shapes)
+  return jax.tree_util.tree_map_with_path(
+      lambda p, s: _init_leaf(p, s, rng, backbone_conv_init if _under_backbone(p) else conv_init),
+      shapes)
 
 
 def variable_shapes(module, input_shape, **kwargs):
@@ -50,6 +80,6 @@ def variable_shapes(module, input_shape, **kwargs):
   return jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(input_shape), **kwargs))
 
 
-def init_variables(module, seed: int, input_shape, **kwargs):
+def init_variables(module, seed: int, input_shape, conv_init: str = 'kaiming', **kwargs):
   """Randomly initialised (numpy) variables of ``module`` for inputs of ``input_shape`` (NHWC)."""
-  return random_like(variable_shapes(module, input_shape, **kwargs), seed)
+  return random_like(variable_shapes(module, input_shape, **kwargs), seed, conv_init)

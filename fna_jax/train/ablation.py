@@ -3,6 +3,9 @@
 Each row of Tab. 13 is the whole pipeline with one choice before the search (``search.init``:
 remap the seed into the supernet, or random) and one before fine-tuning (``adapt.init``: collect
 the weights from the searched supernet (FNA++), remap them from the seed (FNA), or random).
+A random backbone (rows 3-5) has its conv kernels drawn as ``search.random_init`` /
+``adapt.random_init`` say, by default N(0, 0.01^2) as the authors' release does
+(``backbone_init = "normal"``, github.com/JaminFong/FNA); a head drawn fresh keeps kaiming.
 ``configs/demo.py:<variant>`` and ``scripts/ablation.py --rows=...`` both read this table.
 """
 

@@ -93,12 +93,13 @@ def recalibrate_bn(apply_fn: Callable, variables: Mapping[str, Any], batches: It
                    momentum: float = BN_MOMENTUM) -> dict:
   """Recomputes every BatchNorm running mean/var as the average over ``batches``.
 
-  Each batch's statistics are what a train-mode forward would use; the result is their plain
-  average over all batches (torch's ``momentum=None`` cumulative average), independent of the
-  old statistics.  ``apply_fn(variables, images) -> (logits, {'batch_stats': new})`` is a
-  (jitted) train-mode forward with ``mutable=['batch_stats']``; it is called with the running
-  statistics set to zero, so flax's update ``new = momentum * 0 + (1 - momentum) * batch_stat``
-  gives the batch statistic exactly up to the factor ``1 - momentum``.
+  Each batch's statistics are what a train-mode forward feeds its running averages (the batch
+  mean and the unbiased batch variance, :class:`fna_jax.models.blocks.BatchNorm`, as torch); the
+  result is their plain average over all batches (torch's ``momentum=None`` cumulative average),
+  independent of the old statistics.  ``apply_fn(variables, images) -> (logits, {'batch_stats':
+  new})`` is a (jitted) train-mode forward with ``mutable=['batch_stats']``; it is called with the
+  running statistics set to zero, so the update ``new = momentum * 0 + (1 - momentum) *
+  batch_stat`` gives the batch statistic exactly up to the factor ``1 - momentum``.
 
   Returns ``{'params': ..., 'batch_stats': recalibrated}``.
   """

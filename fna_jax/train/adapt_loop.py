@@ -73,11 +73,20 @@ def build_network(arch: arch_lib.Arch, config, frozen_bn: bool = False):
   return build.task_network(config, arch, head_name=config.adapt.head, frozen_bn=frozen_bn)
 
 
-def initial_variables(config, arch, choices, search_dir, target, mesh, log):
-  """Initial variables of the derived network by ``config.adapt.init``."""
+def initial_variables(config, arch, choices, search_dir, shapes, mesh, log):
+  """Initial (numpy) variables of the derived network, of ``shapes``, by ``config.adapt.init``.
+
+  Whatever is not remapped (the whole network with ``'random'``, the head, or the head arrays
+  the searched one lacks) is drawn by :func:`fna_jax.models.init.random_like` (kaiming); with
+  ``'random'`` the backbone's conv kernels are drawn by ``config.adapt.random_init`` (the
+  release's ``'normal'``, std 0.01, or ``'kaiming'``).
+  """
   init = config.adapt.init
+  random_backbone = init == 'random'
+  target = random_like(shapes, config.seed + 1,
+                       backbone_conv_init=config.adapt.random_init if random_backbone else None)
   if init == 'random':
-    log('adapt: random initialisation (no remapping)')
+    log(f'adapt: random initialisation (no remapping; conv kernels {config.adapt.random_init})')
     return target
   if init == 'supernet':
     sup_vars, meta = load_variables(os.path.join(search_dir, 'supernet'))
@@ -141,8 +150,7 @@ def run_adapt(config, workdir: str, search_dir: str, *, log=print,
   if resuming:
     variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
   else:
-    target = random_like(shapes, config.seed + 1)
-    variables = initial_variables(config, arch, choices, search_dir, target, mesh, log)
+    variables = initial_variables(config, arch, choices, search_dir, shapes, mesh, log)
     if ac.bn_recalib_steps > 0:
       t0 = time.perf_counter()
       fwd = adapt.jit_bn_forward(build_network(arch, config), mesh)

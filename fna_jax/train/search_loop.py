@@ -51,8 +51,12 @@ from fna_jax.train import search
 # --------------------------------------------------------------------------- building blocks
 def init_supernet_variables(shapes, space, config, seed_arch, seed_vars, log) -> dict:
   """Supernet + head variables of ``shapes`` (the searched network's variable shapes): backbone
-  remapped from the seed (or random), head random."""
-  variables = random_like(shapes, config.seed)
+  remapped from the seed (``search.init='remap'``) or random (``'random'``: conv kernels drawn by
+  ``search.random_init``, the release's ``'normal'`` or ``'kaiming'``, see
+  :mod:`fna_jax.models.init`), head random (kaiming)."""
+  random_backbone = config.search.init == 'random'
+  variables = random_like(shapes, config.seed,
+                          backbone_conv_init=config.search.random_init if random_backbone else None)
   if config.search.init == 'remap':
     backbone = seed_to_supernet({c: v['backbone'] for c, v in seed_vars.items()}, seed_arch,
                                 space, config.search.remap_strategy)
@@ -63,7 +67,7 @@ def init_supernet_variables(shapes, space, config, seed_arch, seed_vars, log) ->
   elif config.search.init != 'random':
     raise ValueError(f"search.init must be 'remap' or 'random', got {config.search.init!r}")
   else:
-    log('supernet: random initialisation (no remapping)')
+    log(f'supernet: random initialisation (no remapping; conv kernels {config.search.random_init})')
   chex_shapes = jax.tree.map(lambda a: a.shape, shapes)
   got = jax.tree.map(lambda a: a.shape, variables)
   if chex_shapes != got:

@@ -2,7 +2,9 @@
 
 ASPP: a 1x1 branch, three atrous 3x3 branches (rates 6, 12, 18 at output stride 16) and an
 image-pooling branch, 256 channels each; concatenated -> 1x1 conv -> BN -> ReLU -> dropout 0.1 ->
-1x1 classifier with bias.  The logits are returned at feature resolution; the network upsamples
+1x1 classifier with bias.  The dropout is channel-wise (:func:`channel_dropout`), as the
+``nn.Dropout2d(0.1)`` of the authors' release (``fna_seg/.../head/ASPP_Sep.py`` in
+github.com/JaminFong/FNA).  The logits are returned at feature resolution; the network upsamples
 them bilinearly.  The atrous branches are either depthwise-separable (``separable=True``: dw conv
 with dilation r, BN, ReLU, 1x1 conv, BN, ReLU) or regular 3x3 convs with dilation r, BN, ReLU.
 
@@ -44,6 +46,16 @@ from fna_jax.tasks.seg.resize import resize_bilinear
 def relu_bn(y, train: bool, name: str):
   """BatchNorm ``name`` then ReLU; call inside a compact module (creates ``name`` there)."""
   return jax.nn.relu(batch_norm(train, name)(y))
+
+
+def channel_dropout(y, rate: float, train: bool):
+  """torch's ``nn.Dropout2d`` on NHWC ``y``: in training each (example, channel) map is zeroed
+  with probability ``rate`` as a whole, else scaled by ``1 / (1 - rate)``; identity in eval.
+
+  Call inside a compact module (creates an ``nn.Dropout`` there; needs a ``'dropout'`` rng when
+  ``train``).
+  """
+  return nn.Dropout(rate, broadcast_dims=(1, 2), deterministic=not train)(y)
 
 
 def separable_conv(x, channels: int, train: bool, prefix: str, dilation: int = 1,
@@ -98,7 +110,7 @@ class ASPP(nn.Module):
 class DeepLabV3Head(nn.Module):
   """ASPP -> dropout -> 1x1 classifier; ``feats['out'] (N, h, w, C) -> (N, h, w, num_classes)``.
 
-  Dropout needs a ``'dropout'`` rng when ``train=True``.
+  Channel-wise dropout (:func:`channel_dropout`) needs a ``'dropout'`` rng when ``train=True``.
   """
   num_classes: int
   channels: int = 256
@@ -109,7 +121,7 @@ class DeepLabV3Head(nn.Module):
   @nn.compact
   def __call__(self, feats, train: bool = False):
     y = ASPP(self.channels, tuple(self.rates), self.conv, name='aspp')(feats['out'], train)
-    y = nn.Dropout(self.dropout, deterministic=not train)(y)
+    y = channel_dropout(y, self.dropout, train)
     return self.conv(self.num_classes, 1, use_bias=True, name='classifier')(y)
 
 
@@ -122,7 +134,8 @@ class DeepLabV3PlusHead(nn.Module):
   MAdds at 1024x2048, output stride 16); ``True``: depthwise-separable ones (the light head of
   the demo).  ``align_corners``: the ASPP output is upsampled to the low-level size with aligned
   corners (True, as the authors' release upsamples) or half-pixel centres (``jax.image.resize``).
-  Dropout needs a ``'dropout'`` rng when ``train=True``.
+  Channel-wise dropout (:func:`channel_dropout`) on the ASPP output needs a ``'dropout'`` rng when
+  ``train=True``.
   """
   num_classes: int
   channels: int = 256
@@ -138,7 +151,7 @@ class DeepLabV3PlusHead(nn.Module):
   def __call__(self, feats, train: bool = False):
     y = ASPP(self.channels, tuple(self.rates), self.conv, self.separable,
              name='aspp')(feats['out'], train)
-    y = nn.Dropout(self.dropout, deterministic=not train)(y)
+    y = channel_dropout(y, self.dropout, train)
     low = feats[self.low_level]
     dec = _Decoder(self.channels, self.low_channels, self.conv, self.separable, name='decoder')
     y = dec(resize_bilinear(y, low.shape[1:3], self.align_corners), low, train)
