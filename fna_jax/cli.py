@@ -1,6 +1,12 @@
-"""What ``scripts/*.py`` share: user errors as one clean line instead of a Python traceback.
+"""What ``scripts/*.py`` share: user errors as one clean line instead of a Python traceback, and
+the faster allocator setting on Linux.
 
-``run(main)`` replaces ``absl.app.run(main)``.  A mistake on the command line or in what it points
+``run(main)`` replaces ``absl.app.run(main)``.  On Linux with glibc it first re-executes the script
+with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (:func:`reexec_with_hugepage_malloc`): XLA:CPU
+allocates its large buffers afresh every step, and with 4 KiB pages the page faults cost about as
+much as the compute (a MobileNetV2 train step at 321x321 ran 1.5x faster with it on a 2-core
+machine, as fast as torchvision's).  A ``glibc.malloc.hugetlb`` value already in
+``GLIBC_TUNABLES`` is kept (``glibc.malloc.hugetlb=0`` turns the setting off).  A mistake on the command line or in what it points
 at (an unknown ``--config.*`` key, an unknown config variant, a missing dataset, seed or model, a
 search directory that is not a finished search, an unreadable architecture, a checkpoint of
 another network) ends the script with exit status 1 and ``<script>: error: <what is wrong>`` on
@@ -16,6 +22,7 @@ import sys
 import ml_collections
 from absl import app, flags
 
+HUGEPAGE_TUNABLE = 'glibc.malloc.hugetlb=1'
 _EXCEPTION_LINE = re.compile(r'^[A-Za-z_][\w.]*(Error|Exception): ')
 
 
@@ -89,8 +96,34 @@ def user_error_types() -> tuple[type[BaseException], ...]:
   return tuple(types)
 
 
-def run(main) -> None:
-  """``absl.app.run(main)`` with :func:`parse_flags` and user errors as ``<prog>: error: ...``."""
+def hugepage_malloc_env(environ) -> dict | None:
+  """``environ`` with :data:`HUGEPAGE_TUNABLE` added to ``GLIBC_TUNABLES``; ``None`` when it
+  needs no change (a ``glibc.malloc.hugetlb`` setting is there) or the platform is not Linux."""
+  if not sys.platform.startswith('linux'):
+    return None
+  tunables = environ.get('GLIBC_TUNABLES', '')
+  if 'glibc.malloc.hugetlb' in tunables:
+    return None
+  return dict(environ, GLIBC_TUNABLES=':'.join(t for t in (tunables, HUGEPAGE_TUNABLE) if t))
+
+
+def reexec_with_hugepage_malloc() -> None:
+  """Linux/glibc: re-executes this process (same command line) with ``GLIBC_TUNABLES`` asking
+  malloc for transparent huge pages, unless ``GLIBC_TUNABLES`` already has a
+  ``glibc.malloc.hugetlb`` setting (then returns).  Child processes inherit the setting."""
+  env = hugepage_malloc_env(os.environ)
+  if env is None or not sys.argv or not os.path.isfile(sys.argv[0]):
+    return  # nothing to do, or no script to run again (python -c, an interactive session)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.execve(sys.executable, [sys.executable] + sys.argv, env)
+
+
+def run(main, hugepage_malloc: bool = True) -> None:
+  """``absl.app.run(main)`` with :func:`parse_flags` and user errors as ``<prog>: error: ...``;
+  first :func:`reexec_with_hugepage_malloc` unless ``hugepage_malloc=False``."""
+  if hugepage_malloc:
+    reexec_with_hugepage_malloc()
 
   def wrapped(argv):
     try:

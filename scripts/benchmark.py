@@ -110,10 +110,10 @@ def main(argv: list[str]) -> None:
   if bad:
     raise app.UsageError(f'--impls: unknown conv impl(s) {bad}; known: {ops.IMPLS}')
   if _HUGEPAGE_MALLOC.value:
-    measure.reexec_with_hugepage_malloc()
+    cli.reexec_with_hugepage_malloc()
   for name in names:
     BENCHES[name]()
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run(main, hugepage_malloc=False)  # main re-executes unless --nohugepage_malloc

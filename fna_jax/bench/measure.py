@@ -14,12 +14,11 @@ Figures:
 The machine may be shared: compare ratios measured in the same run, and check the load average
 that :func:`load_line` prints before and after.
 
-Allocator: :func:`reexec_with_hugepage_malloc` re-executes the process with
-``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (``malloc`` asks for transparent huge pages);
-:func:`memory_line` shows the setting.  Both XLA:CPU and torch allocate their large buffers
-afresh each step, and the 4 KiB page faults on them cost about as much as the compute on CPU
-(both ran ~1.5x faster with it on the 2-core machine); training on CPU should be started with
-the same setting.
+Allocator: :func:`fna_jax.cli.reexec_with_hugepage_malloc` re-executes a script with
+``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (``malloc`` asks for transparent huge pages), as every
+script does by default; :func:`memory_line` shows the setting.  Both XLA:CPU and torch allocate
+their large buffers afresh each step, and the 4 KiB page faults on them cost about as much as the
+compute on CPU (both ran ~1.5x faster with it on the 2-core machine).
 """
 
 from __future__ import annotations
@@ -34,9 +33,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-
-HUGEPAGE_TUNABLE = 'glibc.malloc.hugetlb=1'
-
 
 @dataclasses.dataclass(frozen=True)
 class TimingPlan:
@@ -164,17 +160,3 @@ def memory_line() -> str:
   except OSError:
     thp = 'unknown'
   return f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}, transparent_hugepage: {thp}"
-
-
-def reexec_with_hugepage_malloc() -> None:
-  """Linux/glibc: re-executes this process (same command line) with ``GLIBC_TUNABLES`` asking
-  for huge pages, unless a ``glibc.malloc.hugetlb`` setting is already there (then returns).
-  Child processes inherit the setting."""
-  if not sys.platform.startswith('linux'):
-    return
-  tunables = os.environ.get('GLIBC_TUNABLES', '')
-  if 'glibc.malloc.hugetlb' in tunables:
-    return
-  env = dict(os.environ, GLIBC_TUNABLES=':'.join(t for t in (tunables, HUGEPAGE_TUNABLE) if t))
-  sys.stdout.flush()
-  os.execve(sys.executable, [sys.executable] + sys.argv, env)
