@@ -32,6 +32,8 @@ from fna_jax.models.supernet import Supernet
 from fna_jax.runtime import checkpoint, checks, loop
 from fna_jax.runtime import mesh as mesh_lib
 from fna_jax.tasks.base import Task
+from fna_jax.tasks.pose.demo_data import DemoPose
+from fna_jax.tasks.pose.mpii import MPIISource
 from fna_jax.tasks.seg import DeepLabV3Head, DeepLabV3PlusHead, SegmentationTask
 from fna_jax.tasks.seg.cityscapes import CityscapesSource
 from fna_jax.tasks.seg.demo_data import DemoSegmentation
@@ -49,6 +51,16 @@ def _demo_segmentation(config, split: str):
 def _cityscapes(config, split: str):
   return CityscapesSource('train' if split == 'train' else 'validation',
                           config.data.data_dir or None)
+
+
+def _demo_pose(config, split: str):
+  d = config.data
+  return DemoPose(split, d.num_train if split == 'train' else d.num_val, d.image_size,
+                  seed=d.data_seed)
+
+
+def _mpii(config, split: str):
+  return MPIISource('train' if split == 'train' else 'valid', config.data.data_dir or None)
 
 
 def deeplab_rates(rates, output_stride: int) -> tuple[int, ...]:
@@ -81,7 +93,8 @@ def _mobilenet_v2_space(config) -> spaces.SearchSpace:
 
 TASKS: dict[str, Callable[[Any], Task]] = {'seg': SegmentationTask}
 DATASETS: dict[str, Callable[[Any, str], Any]] = {
-    'demo': _demo_segmentation, 'cityscapes': _cityscapes}
+    'demo': _demo_segmentation, 'cityscapes': _cityscapes, 'pose_demo': _demo_pose,
+    'mpii': _mpii}
 def _deeplab_plus_kwargs(config, conv, output_stride):
   return dict(_deeplab_kwargs(config, conv, output_stride), low_level=config.head.low_level,
               align_corners=config.head.get('align_corners', True))
