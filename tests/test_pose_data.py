@@ -181,6 +181,11 @@ def test_train_transform_heatmap_peaks_follow_the_crop():
   tr = P.PoseTrainTransform(input_size=(64, 64), heatmap_size=(16, 16), augment=False)
   out = tr.random_map(ex, np.random.default_rng(0))
   crop = P.person_crop(ex, (64, 64))
+  ex['joints'][5] = ex['center'] + [0.0, 300 * ex['scale']]  # visible, far below the crop
+  ex['visible'][5] = 1
+  out = tr.random_map(ex, np.random.default_rng(0))
+  assert out['target_weight'][5] == 0 and not out['target'][..., 5].any()
+  crop = P.person_crop(ex, (64, 64))
   for j in range(16):
     mu = (int(crop['joints'][j, 0] / 4 + 0.5), int(crop['joints'][j, 1] / 4 + 0.5))
     if out['target_weight'][j] > 0 and 0 <= mu[0] < 16 and 0 <= mu[1] < 16:
@@ -197,6 +202,7 @@ def test_demo_pose_examples_are_deterministic_and_well_formed():
   assert not np.array_equal(a[4]['image'], a[5]['image'])
   assert _same(pickle.loads(pickle.dumps(a))[7], a[7])
   exs = [a[i] for i in range(30)]
+  truncated = 0
   for ex in exs:
     chex.assert_shape([ex['image'], ex['joints'], ex['visible'], ex['center'], ex['headbox']],
                       [(64, 64, 3), (16, 2), (16,), (2,), (2, 2)])
@@ -214,6 +220,8 @@ def test_demo_pose_examples_are_deterministic_and_well_formed():
     # Joints outside the image are invisible.
     out = np.any((j < 0) | (j > 63), axis=1)
     assert not np.any(ex['visible'][out])
+    truncated += int(out.any())
+  assert truncated >= 1  # some people are cut by the image border
   vis = np.stack([e['visible'] for e in exs])
   assert 0.6 < vis.mean() < 0.98  # occlusions hide some joints
   js = np.stack([e['joints'] for e in exs])

@@ -16,6 +16,9 @@ head and no stripe.  This cue is consistent under a horizontal flip with the fli
 colour per side would not be.  Limbs are drawn back to front: the far arm and leg first (darker),
 then the torso, the near limbs, head and hands.
 
+Truncation.  In 15% of the images the person is placed off-centre (up to 0.3 S), so that limbs
+may leave the image.
+
 Occlusions.  With probability 0.5 one or two occluders (discs or boxes in clutter colours) are
 drawn over the person; a joint under an occluder (coverage > 0.5) and a joint outside the image
 get ``visible = 0`` (as an unannotated MPII joint).  Self-occlusion keeps joints visible, as
@@ -144,6 +147,8 @@ def generate_pose_example(rng: np.random.Generator, image_size: int = 64) -> dic
   joints = sample_skeleton(rng, torso, facing_front)
   lo, hi = joints.min(0), joints.max(0)
   target = s / 2 + rng.uniform(-0.06, 0.06, 2) * s
+  if rng.random() < 0.15:  # a person cut by the image border (truncated, as often in MPII)
+    target = s / 2 + rng.uniform(-0.3, 0.3, 2) * s
   joints += target - (lo + hi) / 2
 
   shirt = _hsv(rng.uniform(), rng.uniform(0.4, 0.9), rng.uniform(0.35, 0.9))
