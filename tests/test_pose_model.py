@@ -193,7 +193,8 @@ def test_quarter_pixel_decoding_of_a_subpixel_gaussian():
   np.testing.assert_array_equal(np.asarray(decode.refine_quarter_pixel(jnp.asarray(edge),
                                                                        e_coords))[0, 0], [1, 20])
   # A heatmap whose maximum is not positive decodes to (0, 0).
-  neg = -1.0 - _gaussian(48, 64, 30.0, 30.0)[None, :, :, None].astype(np.float32)
+  # (Its argmax, (30, 30), is not (0, 0): only the mask zeroes it.)
+  neg = -1.0 + 0.5 * _gaussian(48, 64, 30.0, 30.0)[None, :, :, None].astype(np.float32)
   np.testing.assert_array_equal(np.asarray(decode.get_max_preds(jnp.asarray(neg))[0])[0, 0],
                                 [0, 0])
 
