@@ -32,6 +32,7 @@ from fna_jax.models.supernet import Supernet
 from fna_jax.runtime import checkpoint, checks, loop
 from fna_jax.runtime import mesh as mesh_lib
 from fna_jax.tasks.base import Task
+from fna_jax.tasks.pose import PoseTask, SimpleBaselineHead
 from fna_jax.tasks.pose.demo_data import DemoPose
 from fna_jax.tasks.pose.mpii import MPIISource
 from fna_jax.tasks.seg import DeepLabV3Head, DeepLabV3PlusHead, SegmentationTask
@@ -91,7 +92,15 @@ def _mobilenet_v2_space(config) -> spaces.SearchSpace:
   return spaces.limit_depth(space, tuple(s.max_layers)) if s.max_layers else space
 
 
-TASKS: dict[str, Callable[[Any], Task]] = {'seg': SegmentationTask}
+def _simple_baseline(config, conv, output_stride):
+  """SimpleBaseline's head (paper Sec. 4.3): ``head.num_deconv`` 2x transposed convs of
+  ``head.channels`` (``head.kernel`` x ``head.kernel``) -> 1x1 to ``data.num_joints``."""
+  h = config.head
+  return SimpleBaselineHead(num_joints=config.data.num_joints, channels=h.channels,
+                            num_deconv=h.num_deconv, kernel=h.kernel, conv=conv)
+
+
+TASKS: dict[str, Callable[[Any], Task]] = {'seg': SegmentationTask, 'pose': PoseTask}
 DATASETS: dict[str, Callable[[Any, str], Any]] = {
     'demo': _demo_segmentation, 'cityscapes': _cityscapes, 'pose_demo': _demo_pose,
     'mpii': _mpii}
@@ -107,7 +116,9 @@ HEADS: dict[str, Callable[[Any, Any, int], Any]] = {
         **_deeplab_plus_kwargs(config, conv, os_)),
     # ... and a light one with depthwise-separable convs there (the embedded demo's head).
     'deeplabv3+_light': lambda config, conv, os_: DeepLabV3PlusHead(
-        **_deeplab_plus_kwargs(config, conv, os_), separable=True)}
+        **_deeplab_plus_kwargs(config, conv, os_), separable=True),
+    # SimpleBaseline's deconvolution head (pose, paper Sec. 4.3).
+    'simple_baseline': _simple_baseline}
 SPACES: dict[str, Callable[[Any], spaces.SearchSpace]] = {'mobilenet_v2': _mobilenet_v2_space}
 
 

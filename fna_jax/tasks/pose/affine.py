@@ -127,3 +127,10 @@ def crop(image: np.ndarray, center: Sequence[float], scale: float, rot: float,
   """The person crop: :func:`warp_affine` by ``get_affine_transform(center, scale, rot,
   output_size)``; ``output_size`` is (width, height)."""
   return warp_affine(image, get_affine_transform(center, scale, rot, output_size), output_size)
+
+
+def transform_preds(coords, center, scale, output_size) -> np.ndarray:
+  """Heatmap (or crop) coordinates ``(..., 2)`` of one person -> full-image coordinates, through
+  the inverse of :func:`get_affine_transform` ``(center, scale, 0, output_size)``
+  (SimpleBaseline's ``transform_preds``)."""
+  return affine_transform(coords, get_affine_transform(center, scale, 0, output_size, inv=True))

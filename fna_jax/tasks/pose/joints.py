@@ -23,9 +23,11 @@ PARENT_IDS = (1, 2, 6, 6, 3, 4, 6, 6, 7, 8, 11, 12, 7, 7, 13, 14)
 SKELETON = tuple((j, p) for j, p in enumerate(PARENT_IDS) if j != p)
 
 
-def flip_permutation() -> tuple[int, ...]:
-  """``perm`` with ``perm[j]`` the joint that ``j`` becomes under a horizontal flip."""
-  perm = list(range(NUM_JOINTS))
-  for a, b in FLIP_PAIRS:
+def flip_permutation(num_joints: int = NUM_JOINTS,
+                     pairs: tuple[tuple[int, int], ...] = FLIP_PAIRS) -> tuple[int, ...]:
+  """``perm`` with ``perm[j]`` the joint that ``j`` becomes under a horizontal flip (so also
+  ``flipped[..., j] = original[..., perm[j]]``: each pair swapped, the rest kept)."""
+  perm = list(range(num_joints))
+  for a, b in pairs:
     perm[a], perm[b] = b, a
   return tuple(perm)

@@ -1,0 +1,24 @@
+"""Pose network: a body (``Backbone`` or ``Supernet``) + a heatmap head (paper Sec. 4.3).
+
+``PoseNet(body, head)(x, train, **body_kwargs)`` maps person crops ``(N, H, W, 3)`` to joint
+heatmaps ``(N, H/4, W/4, num_joints)`` with SimpleBaseline's head on a stride-32 body (256x256 ->
+64x64x16).  ``body_kwargs`` go to the body (``path=`` or ``op_weights=`` for a supernet).
+Parameter paths: ``backbone/...`` and ``head/...``.
+
+``frozen_bn=True`` runs the body's BatchNorm layers on their running statistics even when
+``train=True`` (as :class:`fna_jax.tasks.seg.SegmentationNet`); the head trains normally.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+
+
+class PoseNet(nn.Module):
+  backbone: nn.Module
+  head: nn.Module
+  frozen_bn: bool = False
+
+  def __call__(self, x, train: bool = False, **body_kwargs):
+    feats = self.backbone(x, train and not self.frozen_bn, **body_kwargs)
+    return self.head(feats, train)
