@@ -54,6 +54,14 @@ def get_config() -> ml_collections.ConfigDict:
       epochs=80, warmup_epochs=30, batch_size=16, lam=5e-3, alpha_init_scale=1e-3,
       w_lr=0.02, w_lr_start=1e-4, w_lr_end=1e-3, w_lr_warmup_epochs=5, w_momentum=0.9,
       w_weight_decay=5e-4, a_lr=1e-3, a_weight_decay=4e-5,
+      # The weights' optimiser: 'sgd' (momentum w_momentum; the paper's Sec. 4.1.1) or 'adam'
+      # (torch's Adam, betas (0.9, 0.999); the pose recipe's SimpleBaseline weights, Sec. 4.3.1);
+      # both with coupled weight decay w_weight_decay and the clip below.
+      w_optimizer='sgd',
+      # The weights' lr after the w_lr_warmup_epochs warm-up: 'cosine' (to w_lr_end, Sec. 4.1.1)
+      # or 'multistep' (w_lr * w_lr_factor^k after k of the milestones w_lr_steps, in epochs: the
+      # first step of 0-based epoch e is the first at the lower lr; w_lr_end unused).
+      w_lr_schedule='cosine', w_lr_steps=(), w_lr_factor=0.1,
       # Adam betas and the gradient clip (global L2 norm, weights and alphas; 0 = off): not in the
       # paper; the authors' release, fna_det/configs/fna_retinanet_fpn_search.py.
       a_b1=0.5, a_b2=0.999, grad_clip_norm=35.0,
@@ -74,7 +82,15 @@ def get_config() -> ml_collections.ConfigDict:
       # group_weight: the head at 10x the lr, no weight decay on BatchNorm scales/biases.
       lr=0.01, warmup_steps=5000, warmup_start_lr=1e-4, poly_power=0.9, momentum=0.9,
       weight_decay=5e-4,
-      head_lr_mult=10.0,                    # lr of every parameter outside 'backbone' (the head)
+      # 'sgd' (momentum above; the segmentation recipe) or 'adam' (torch's Adam, betas
+      # (0.9, 0.999), momentum unused; SimpleBaseline's fine-tuning, paper Sec. 4.3.1).
+      optimizer='sgd',
+      # 'poly' (poly_power, to 0 at `steps`) or 'multistep': lr * lr_factor^k after k of the
+      # milestones lr_steps, in optimiser STEPS (iterations; a task's config converts epochs);
+      # both after the warmup_steps linear warm-up (0: none).
+      lr_schedule='poly', lr_steps=(), lr_factor=0.1,
+      head_lr_mult=10.0,                    # lr of every parameter outside 'backbone' (the head;
+                                            # with Adam too: the update x10 = 10x the lr)
       no_decay_bn_bias=True)                # no weight decay on BN scales and biases, any bias
   # Evaluation as the authors' release (TorchSeg config: eval_crop_size 769, eval_stride_rate 2/3,
   # eval_scale_array [1], eval_flip False): sliding 769x769 windows, one scale, no flip.

@@ -24,6 +24,7 @@ from fna_jax.models.blocks import BN_MOMENTUM
 from fna_jax.remap import remap_variables, supernet_to_arch
 from fna_jax.spaces import SearchSpace
 from fna_jax.runtime import mesh as mesh_lib
+from fna_jax.train import optim
 
 INITS = ('supernet', 'seed', 'random')
 
@@ -157,10 +158,16 @@ def param_groups(params) -> Any:
   return jax.tree_util.tree_map_with_path(label, params)
 
 
+OPTIMIZERS = ('sgd', 'adam')
+LR_SCHEDULES = ('poly', 'multistep')
+
+
 def finetune_optimizer(lr_fn: optax.Schedule, momentum: float = 0.9,
                        weight_decay: float = 5e-4, *, head_lr_mult: float = 10.0,
-                       no_decay_bn_bias: bool = True) -> optax.GradientTransformation:
-  """SGD with momentum and (coupled, as torch's) weight decay over the :func:`param_groups`.
+                       no_decay_bn_bias: bool = True,
+                       optimizer: str = 'sgd') -> optax.GradientTransformation:
+  """SGD with momentum (or Adam) and (coupled, as torch's) weight decay over the
+  :func:`param_groups`.
 
   The authors' release fine-tunes with torch's SGD over four parameter groups
   (``fna_seg/furnace/utils/init_func.py``, ``group_weight``): the head (everything outside the
@@ -168,31 +175,53 @@ def finetune_optimizer(lr_fn: optax.Schedule, momentum: float = 0.9,
 
   * ``weight_decay * w`` is added to the gradient of the ``*_decay`` leaves only when
     ``no_decay_bn_bias`` (else of every leaf);
-  * momentum ``buf = momentum * buf + g`` (torch's first step: ``buf = g``), then ``-lr(t) * buf``;
+  * ``optimizer='sgd'``: momentum ``buf = momentum * buf + g`` (torch's first step: ``buf = g``),
+    then ``-lr(t) * buf``;
+  * ``optimizer='adam'`` (SimpleBaseline's fine-tuning, paper Sec. 4.3.1): torch's Adam
+    (:func:`fna_jax.train.optim.adam`, betas (0.9, 0.999), eps 1e-8; ``momentum`` unused) on the
+    decayed gradient, ``-lr(t) * m_hat / (sqrt(v_hat) + eps)``;
   * the update of every ``head_*`` leaf is multiplied by ``head_lr_mult``: the same as a group lr
-    of ``head_lr_mult * lr(t)``, since torch's momentum buffer does not depend on the lr.
+    of ``head_lr_mult * lr(t)`` for both optimisers, since neither torch's momentum buffer nor
+    Adam's moments ``m``, ``v`` depend on the lr (the lr only scales the final update).
 
   ``head_lr_mult=1, no_decay_bn_bias=False`` is plain SGD over all parameters, with the same
   optimiser state structure as before these options existed (old checkpoints resume).
   """
+  optim.check_choice('adapt.optimizer', optimizer, OPTIMIZERS)
+
   def decay_mask(params):
     return jax.tree.map(lambda l: not l.endswith('_no_decay'), param_groups(params))
 
   def head_mask(params):
     return jax.tree.map(lambda l: l.startswith('head_'), param_groups(params))
 
+  update = optax.sgd(lr_fn, momentum=momentum) if optimizer == 'sgd' else optim.adam(lr_fn)
   parts = [optax.add_decayed_weights(weight_decay, mask=decay_mask if no_decay_bn_bias else None),
-           optax.sgd(lr_fn, momentum=momentum)]
+           update]
   if head_lr_mult != 1.0:
     parts.append(optax.masked(optax.scale(head_lr_mult), head_mask))
   return optax.chain(*parts)
 
 
+def lr_schedule_from_config(ac) -> optax.Schedule:
+  """The fine-tuning lr of the ``config.adapt`` dict ``ac``: ``'poly'`` (the segmentation recipe,
+  :func:`poly_schedule`) or ``'multistep'`` (``lr * lr_factor^k`` after ``k`` of the milestones
+  ``lr_steps``, given in optimiser steps; SimpleBaseline's x0.1 at epochs 90 and 120, paper
+  Sec. 4.3.1, converted to steps by the task's config).  Both start with the linear warm-up
+  ``warmup_start_lr -> lr`` over ``warmup_steps`` (0: none)."""
+  optim.check_choice('adapt.lr_schedule', ac.lr_schedule, LR_SCHEDULES)
+  if ac.lr_schedule == 'poly':
+    return poly_schedule(ac.lr, ac.steps, ac.warmup_steps, ac.warmup_start_lr, ac.poly_power)
+  return optim.multistep_schedule(ac.lr, ac.lr_steps, ac.lr_factor, ac.warmup_steps,
+                                  ac.warmup_start_lr)
+
+
 def finetune_optimizer_from_config(ac) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """``(optimizer, lr_fn)`` of the ``config.adapt`` dict ``ac`` (what the adapt run uses)."""
-  lr_fn = poly_schedule(ac.lr, ac.steps, ac.warmup_steps, ac.warmup_start_lr, ac.poly_power)
+  lr_fn = lr_schedule_from_config(ac)
   return finetune_optimizer(lr_fn, ac.momentum, ac.weight_decay, head_lr_mult=ac.head_lr_mult,
-                            no_decay_bn_bias=ac.no_decay_bn_bias), lr_fn
+                            no_decay_bn_bias=ac.no_decay_bn_bias,
+                            optimizer=ac.optimizer), lr_fn
 
 
 def jit_bn_forward(model, mesh):

@@ -9,7 +9,8 @@
    from ``search_dir/supernet``), ``'seed'`` (FNA) or ``'random'``;
 3. recomputes the BatchNorm statistics on ``config.adapt.bn_recalib_steps`` training batches;
 4. fine-tunes with SGD (linear warm-up, poly decay; the head at ``head_lr_mult`` times the lr, no
-   weight decay on BatchNorm and biases: :func:`fna_jax.train.adapt.finetune_optimizer`) on
+   weight decay on BatchNorm and biases: :func:`fna_jax.train.adapt.finetune_optimizer`; or Adam
+   and a multi-step lr, ``adapt.optimizer``/``adapt.lr_schedule``) on
    random-scale crops and flips, with the same
    sharding, checkpoint/resume, NaN guard and progress lines as the search;
 5. writes, in ``workdir``: ``arch.json``, ``model/`` (the fine-tuned variables with the settings to

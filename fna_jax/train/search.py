@@ -4,7 +4,8 @@ Eq. 7-9).
 The search state holds two separate parameter sets with two optax optimisers:
 
 * ``params``/``batch_stats``: the supernet's weights (backbone and task head), updated only by
-  :func:`weight_step` (one sampled path, task loss, SGD with momentum and weight decay);
+  :func:`weight_step` (one sampled path, task loss, SGD with momentum and weight decay, or
+  Adam: :func:`weight_optimizer`);
 * ``alphas`` ``(L, K)``: architecture parameters, updated only by :func:`arch_step` (relaxed
   forward, task loss + ``lambda * log10(expected GMAdds)``, Adam).
 
@@ -31,6 +32,7 @@ from fna_jax import cost as cost_lib
 from fna_jax.models import supernet as sn
 from fna_jax.spaces import SearchSpace
 from fna_jax.runtime import mesh as mesh_lib
+from fna_jax.train import optim
 
 
 @flax.struct.dataclass
@@ -87,6 +89,7 @@ class Schedule:
   total_steps: int
   warmup_steps: int       # weight steps with uniformly sampled paths and no arch steps
   lr_warmup_steps: int    # linear lr warm-up of the weight optimiser
+  lr_milestones: tuple[int, ...] = ()  # 'multistep' lr: steps after which the lr is scaled
 
 
 def _clip(max_norm: float | None) -> list[optax.GradientTransformation]:
@@ -94,10 +97,16 @@ def _clip(max_norm: float | None) -> list[optax.GradientTransformation]:
   return [optax.clip_by_global_norm(max_norm)] if max_norm else []
 
 
+W_OPTIMIZERS = ('sgd', 'adam')
+W_LR_SCHEDULES = ('cosine', 'multistep')
+
+
 def weight_optimizer(schedule: Schedule, *, lr: float = 0.02, lr_start: float = 1e-4,
                      lr_end: float = 1e-3, momentum: float = 0.9, weight_decay: float = 5e-4,
-                     grad_clip_norm: float | None = 35.0):
-  """SGD with momentum and (coupled, as torch's) weight decay; lr: linear warm-up then cosine.
+                     grad_clip_norm: float | None = 35.0, optimizer: str = 'sgd',
+                     lr_schedule: str = 'cosine', lr_factor: float = 0.1):
+  """The weights' optimiser: by default SGD with momentum and (coupled, as torch's) weight decay;
+  lr: linear warm-up then cosine.
 
   Paper Sec. 4.1.1 (lr 1e-4 -> 0.02 over the warm-up, cosine to 1e-3, momentum 0.9, weight decay
   5e-4).  The gradients' global L2 norm is clipped at ``grad_clip_norm`` (0/None: off) as in the
@@ -106,14 +115,30 @@ def weight_optimizer(schedule: Schedule, *, lr: float = 0.02, lr_start: float = 
   ``clip_grad_norm_`` clips the raw gradients before ``SGD.step`` adds ``weight_decay * w``, so the
   decay term is never clipped.
 
-  Returns ``(optimizer, lr_fn)``.
+  Other recipes (paper Sec. 4.3.1: pose weights trained as SimpleBaseline):
+
+  * ``optimizer='adam'``: torch's Adam (:func:`fna_jax.train.optim.adam`, betas (0.9, 0.999))
+    after the same clip and coupled weight decay (``momentum`` unused);
+  * ``lr_schedule='multistep'``: ``lr * lr_factor^k`` after ``k`` of ``schedule.lr_milestones``
+    (steps), after the same linear warm-up from ``lr_start`` (none when
+    ``schedule.lr_warmup_steps`` is 0); ``lr_end`` unused.
+
+  The defaults build the chain of the segmentation recipe unchanged (same optimiser state; its
+  checkpoints resume).  Returns ``(optimizer, lr_fn)``.
   """
-  lr_fn = optax.join_schedules([
-      optax.linear_schedule(lr_start, lr, max(schedule.lr_warmup_steps, 1)),
-      optax.cosine_decay_schedule(lr, max(schedule.total_steps - schedule.lr_warmup_steps, 1),
-                                  alpha=lr_end / lr)], [schedule.lr_warmup_steps])
+  optim.check_choice('search.w_optimizer', optimizer, W_OPTIMIZERS)
+  optim.check_choice('search.w_lr_schedule', lr_schedule, W_LR_SCHEDULES)
+  if lr_schedule == 'cosine':
+    lr_fn = optax.join_schedules([
+        optax.linear_schedule(lr_start, lr, max(schedule.lr_warmup_steps, 1)),
+        optax.cosine_decay_schedule(lr, max(schedule.total_steps - schedule.lr_warmup_steps, 1),
+                                    alpha=lr_end / lr)], [schedule.lr_warmup_steps])
+  else:
+    lr_fn = optim.multistep_schedule(lr, schedule.lr_milestones, lr_factor,
+                                     schedule.lr_warmup_steps, lr_start)
+  update = optax.sgd(lr_fn, momentum=momentum) if optimizer == 'sgd' else optim.adam(lr_fn)
   return optax.chain(*_clip(grad_clip_norm), optax.add_decayed_weights(weight_decay),
-                     optax.sgd(lr_fn, momentum=momentum)), lr_fn
+                     update), lr_fn
 
 
 def arch_optimizer(*, lr: float = 1e-3, weight_decay: float = 4e-5, b1: float = 0.5,

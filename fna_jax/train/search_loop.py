@@ -81,17 +81,33 @@ def make_search_fns(config, model, space: spaces.SearchSpace, table: np.ndarray,
   loss, the cost ``table`` and the optimisers of ``config.search`` (paper Sec. 4.1.1: SGD with
   momentum and weight decay for the weights, lr warm-up then cosine over ``schedule``; Adam for
   the alphas, betas ``(a_b1, a_b2)``; both with gradients clipped at a global norm of
-  ``grad_clip_norm``, as in the authors' release: see :func:`fna_jax.train.search.arch_optimizer`).
+  ``grad_clip_norm``, as in the authors' release: see :func:`fna_jax.train.search.arch_optimizer`;
+  ``w_optimizer``/``w_lr_schedule`` select Adam / a multi-step lr for other recipes, e.g. the
+  pose search's SimpleBaseline weights, Sec. 4.3.1).
   Returns ``(fns, lr_fn)``, ``lr_fn`` the weights' learning rate per step."""
   sc = config.search
   opt_w, lr_fn = search.weight_optimizer(schedule, lr=sc.w_lr, lr_start=sc.w_lr_start,
                                          lr_end=sc.w_lr_end, momentum=sc.w_momentum,
                                          weight_decay=sc.w_weight_decay,
-                                         grad_clip_norm=sc.grad_clip_norm)
+                                         grad_clip_norm=sc.grad_clip_norm,
+                                         optimizer=sc.w_optimizer,
+                                         lr_schedule=sc.w_lr_schedule,
+                                         lr_factor=sc.w_lr_factor)
   opt_a = search.arch_optimizer(lr=sc.a_lr, weight_decay=sc.a_weight_decay, b1=sc.a_b1,
                                 b2=sc.a_b2, grad_clip_norm=sc.grad_clip_norm)
   return search.SearchFns(model, space, build.task(config).loss, table, sc.lam, opt_w,
                           opt_a), lr_fn
+
+
+def schedule_from_config(sc, steps_per_epoch: int) -> search.Schedule:
+  """The search's step counts from the epochs of ``config.search`` (``sc``): all weight steps,
+  the warm-up with uniform paths (every step for the random search), the lr warm-up, and the
+  ``'multistep'`` lr milestones ``w_lr_steps`` (epochs) as steps: epoch ``e`` -> step
+  ``e * steps_per_epoch``, the first step of the (0-based) epoch ``e``."""
+  total = sc.epochs * steps_per_epoch
+  warmup = (sc.epochs if sc.method == 'random' else sc.warmup_epochs) * steps_per_epoch
+  milestones = tuple(int(round(e * steps_per_epoch)) for e in sc.w_lr_steps)
+  return search.Schedule(total, warmup, sc.w_lr_warmup_epochs * steps_per_epoch, milestones)
 
 
 def derived_cost(space, choices, config) -> cost_lib.Cost:
@@ -206,8 +222,8 @@ def run_search(config, workdir: str, *, log=print, stop_after: int | None = None
                                          stage='search')
   w_data, a_data = mk(w_idx, config.seed), mk(a_idx, config.seed + 1)
   steps_per_epoch = max(len(w_idx) // sc.batch_size, 1)
-  total = sc.epochs * steps_per_epoch
-  warmup = (sc.epochs if sc.method == 'random' else sc.warmup_epochs) * steps_per_epoch
+  sched = schedule_from_config(sc, steps_per_epoch)
+  total, warmup = sched.total_steps, sched.warmup_steps
   log(f'data: {len(w_idx)} weight / {len(a_idx)} arch examples, {steps_per_epoch} steps/epoch, '
       f'{total} weight steps ({warmup} warm-up), batch {sc.batch_size} on {n_dev} device(s)')
 
@@ -217,7 +233,6 @@ def run_search(config, workdir: str, *, log=print, stop_after: int | None = None
   h, w = task.input_size('search')
   shapes = variable_shapes(model, (1, h, w, 3), train=False)
   table = search.cost_table(model, shapes, space, (1, *task.cost_input_size(), 3))
-  sched = search.Schedule(total, warmup, sc.w_lr_warmup_epochs * steps_per_epoch)
   fns, lr_fn = make_search_fns(config, model, space, table, sched)
   batch_shapes = task.batch_shapes(sc.batch_size, 'search')
   pool = futures.ThreadPoolExecutor(1, thread_name_prefix='search-steps')
