@@ -244,19 +244,23 @@ def seed(config, mesh_, log=print) -> tuple[arch_lib.Arch, dict]:
 
 
 # --------------------------------------------------------------------------- saved networks
+# ``config.data`` keys that fix a head's outputs (segmentation classes, pose joints).
+OUTPUT_KEYS = ('num_classes', 'num_joints')
+
+
 def network_meta(config, arch: arch_lib.Arch, head_name: str) -> dict:
   """What :func:`load_network` needs to rebuild a task network (stored with its weights)."""
   return {'task': config.task, 'arch': arch.to_dict(), 'head': head_name,
           'head_config': {k: (list(v) if isinstance(v, tuple) else v)
                           for k, v in config.head.to_dict().items()},
-          'num_classes': config.data.num_classes}
+          'outputs': {k: config.data[k] for k in OUTPUT_KEYS if k in config.data}}
 
 
 def load_network(model_dir: str, config):
   """``(module, variables, meta)`` of a network saved by parameter adaptation.
 
-  The module is rebuilt from the stored task, architecture, head settings and number of classes;
-  ``config`` supplies the rest (e.g. ``conv_impl``).
+  The module is rebuilt from the stored task, architecture, head settings and outputs (number of
+  classes or joints); ``config`` supplies the rest (e.g. ``conv_impl``).
   """
   variables, meta = checkpoint.load_variables(model_dir)
   if 'arch' not in meta:
@@ -266,10 +270,12 @@ def load_network(model_dir: str, config):
         'adaptation (or its model/)')
   c = ml_collections.ConfigDict(config.to_dict())
   c.task = meta.get('task', 'seg')
-  # A network saved before ``head.align_corners`` existed was trained with half-pixel upsampling.
-  c.head.update({'align_corners': False})
+  if c.task == 'seg':
+    # A network saved before ``head.align_corners`` existed was trained with half-pixel upsampling.
+    c.head.update({'align_corners': False})
   c.head.update({k: tuple(v) if isinstance(v, list) else v
                  for k, v in meta['head_config'].items()})
-  c.data.num_classes = meta['num_classes']
+  # Networks saved before ``outputs`` existed were segmentation networks with ``num_classes``.
+  c.data.update(meta.get('outputs') or {'num_classes': meta['num_classes']})
   net = task_network(c, arch_lib.Arch.from_dict(meta['arch']), head_name=meta['head'])
   return net, variables, meta

@@ -165,7 +165,7 @@ def test_saved_model_is_the_state_after_the_last_step(adapted):
   c, search_dir, workdir, result = adapted
   model, saved, meta = build.load_network(os.path.join(workdir, 'model'), c)
   loaded, meta2 = load_variables(os.path.join(workdir, 'model'))
-  assert meta == meta2 and meta['num_classes'] == c.data.num_classes
+  assert meta == meta2 and meta['outputs'] == {'num_classes': c.data.num_classes}
   _assert_trees_equal(saved, loaded)
   _assert_trees_equal(saved, result.variables)
 

@@ -255,7 +255,7 @@ def test_adapt_stage_outputs(stage_runs):
   assert arch_lib.Arch.from_json((adapt_dir / 'arch.json').read_text()) == arch
   model, variables, meta = build.load_network(str(adapt_dir / 'model'), tiny_config())
   assert arch_lib.Arch.from_dict(meta['arch']) == arch
-  assert meta['num_classes'] == demo.NUM_CLASSES
+  assert meta['outputs'] == {'num_classes': demo.NUM_CLASSES}
   assert summary['params'] == param_count(variables)
   # The search counted the same network (the demo searches and fine-tunes with DeepLabv3+).
   assert (summary['params'], summary['madds']) == (search_summary['params'],
@@ -565,8 +565,8 @@ def test_evaluate_a_model_of_another_number_of_classes(env, tmp_path):
   proc = run_script('evaluate.py', f'--config={CITYSCAPES}', f'--model_dir={model_dir}',
                     f'--config.data.data_dir={tmp_path}/no_data', env=env,
                     timeout=ERROR_TIMEOUT_S)
-  check_error(proc, 'evaluate.py', f'{model_dir} predicts {demo.NUM_CLASSES} classes',
-              f'has {cityscapes.NUM_CLASSES}')
+  check_error(proc, 'evaluate.py', f'{model_dir} predicts num_classes={demo.NUM_CLASSES}',
+              f'has num_classes={cityscapes.NUM_CLASSES}')
 
 
 def test_ablation_unknown_row(env, tmp_path):

@@ -66,10 +66,12 @@ def run_evaluation(config, model_dir: str, out_dir: str | None = None, *, log=pr
     raise checks.ModelMismatchError(
         f'{model_dir} is a {meta.get("task", "seg")!r} network but the config\'s task is '
         f'{config.task!r}')
-  if meta['num_classes'] != config.data.num_classes:
-    raise checks.ModelMismatchError(
-        f'{model_dir} predicts {meta["num_classes"]} classes but the config\'s data '
-        f'({config.data.name}) has {config.data.num_classes}')
+  outputs = meta.get('outputs') or {'num_classes': meta['num_classes']}
+  for key, n in outputs.items():
+    if config.data.get(key) != n:
+      raise checks.ModelMismatchError(
+          f'{model_dir} predicts {key}={n} but the config\'s data ({config.data.name}) has '
+          f'{key}={config.data.get(key)}')
   checks.check_variables_match(variable_shapes(model, (1, 64, 64, 3), train=False), variables,
                                what=model_dir)
   val = build.dataset(config, 'val')
