@@ -66,7 +66,13 @@ def get_config() -> ml_collections.ConfigDict:
       # paper; the authors' release, fna_det/configs/fna_retinanet_fpn_search.py.
       a_b1=0.5, a_b2=0.999, grad_clip_norm=35.0,
       random_candidates=20,                 # random search: architectures evaluated at the end
-      conv_impl='')                         # supernet convs; '' = conv_impl below
+      conv_impl='',                         # supernet convs; '' = conv_impl below
+      # Rematerialise each searched layer's candidate ops in the single-path weight step
+      # (flax.linen.checkpoint in every lax.switch branch): under jax.grad a switch keeps the
+      # residuals of all its branches, about 3x the sampled path's activations; with remat only
+      # each layer's input is kept and the chosen op is recomputed in the backward pass.  Same
+      # variables and results (float32 rounding); the arch step (all paths) is unchanged.
+      remat=False)
   c.adapt = dict(                           # parameter adaptation (paper Sec. 4.1.1)
       init='supernet',                      # 'supernet' (FNA++), 'seed' (FNA) or 'random'
       random_init='normal',                 # init='random': backbone conv kernels 'normal'

@@ -198,10 +198,13 @@ def head(config, output_stride: int, name: str | None = None, conv_module=None):
 
 
 def search_network(config, search_space: spaces.SearchSpace):
-  """The network searched over: ``Supernet(search_space)`` + ``config.head.name``."""
+  """The network searched over: ``Supernet(search_space)`` + ``config.head.name``;
+  ``config.search.remat`` rematerialises the mixed layers' branches in the single-path weight
+  step (less memory, same results: :class:`~fna_jax.models.supernet.MixedLayer`)."""
   c = conv(config, 'search')
   os_ = search_space.skeleton().output_stride
-  return task(config).network(Supernet(search_space, c), head(config, os_, conv_module=c))
+  body = Supernet(search_space, c, remat=bool(config.search.get('remat', False)))
+  return task(config).network(body, head(config, os_, conv_module=c))
 
 
 def task_network(config, arch: arch_lib.Arch, *, head_name: str | None = None,

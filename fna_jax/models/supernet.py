@@ -80,6 +80,15 @@ class MixedLayer(nn.Module):
   ``__call__(x, train, index=None, weights=None)``: exactly one of ``index`` (int32 scalar: single
   path) or ``weights`` (``(n_candidates,)``: relaxed, Eq. 7) must be given, except during
   ``init``, which runs every candidate (so that all their variables exist).
+
+  ``remat`` (single-path mode only): every branch is rematerialised (``flax.linen.checkpoint``).
+  Under ``jax.grad`` a ``lax.switch`` keeps the residuals of *every* branch (those of the
+  branches not taken are zeros of their shapes), so the sampled path's weight step (Sec. 3.2.2)
+  holds activations for all candidates of every searched layer; a checkpointed branch's only
+  residual is its input (shared by all branches), and the branch taken is recomputed in the
+  backward pass, inside the switch.  The parameter paths are the same either way (the
+  checkpointed function creates its block in this module's scope, by name).  The relaxed
+  forward (Eq. 7) and ``init`` are unchanged.
   """
   family: str
   candidates: tuple[str, ...]
@@ -88,6 +97,7 @@ class MixedLayer(nn.Module):
   stride: int = 1
   dilation: int = 1
   conv: Any = Conv  # ops.Conv or ops.conv_module(impl)
+  remat: bool = False  # single path: rematerialise each branch (see the class docstring)
 
   @nn.compact
   def __call__(self, x, train: bool = False, index=None, weights=None):
@@ -110,6 +120,9 @@ class MixedLayer(nn.Module):
                        '(relaxed)')
     if weights is not None:
       return sum(weights[o] * b(self, x) for o, b in enumerate(branches))
+    if self.remat:
+      # ``train`` is a Python bool closed over by ``run``, so no static_argnums are needed.
+      branches = [nn.checkpoint(b) for b in branches]
     return nn.switch(index, branches, self, x)
 
 
@@ -118,6 +131,7 @@ class SuperStage(nn.Module):
   family: str
   stage: SpaceStage
   conv: Any = Conv  # ops.Conv or ops.conv_module(impl)
+  remat: bool = False  # MixedLayer.remat of every searched layer
 
   @nn.compact
   def __call__(self, x, train: bool = False, path=None, weights=None):
@@ -131,7 +145,7 @@ class SuperStage(nn.Module):
                        self.conv)(x, train)
         continue
       layer = MixedLayer(self.family, cands, c_in, c_out, stride, st.dilation, self.conv,
-                         name=f'layer{j}')
+                         self.remat, name=f'layer{j}')
       x = layer(x, train,
                 index=None if path is None else path[k],
                 weights=None if weights is None else weights[k, :len(cands)])
@@ -145,10 +159,12 @@ class Supernet(nn.Module):
   ``__call__(x, train, path=None, op_weights=None)`` with ``x`` ``(N, H, W, 3)`` returns the same
   feature dict as ``Backbone`` (``'stem'``, ``'stage{i}'``, ``'last'`` if any, ``'out'``).  Give
   ``path`` (int32 ``(L,)``) for a single-path forward or ``op_weights`` (``(L, K)``) for the relaxed
-  one; ``init`` needs neither.
+  one; ``init`` needs neither.  ``remat``: the single-path forward rematerialises every mixed
+  layer's branches (:class:`MixedLayer`); same variables, same results, less memory under grad.
   """
   space: SearchSpace
   conv: Any = Conv  # ops.Conv or ops.conv_module(impl)
+  remat: bool = False  # MixedLayer.remat of every searched layer
 
   @nn.compact
   def __call__(self, x, train: bool = False, path=None, op_weights=None):
@@ -158,7 +174,7 @@ class Supernet(nn.Module):
     k = 0
     for i, st in enumerate(sp.stages):
       n = sum(1 for c in st.candidates if len(c) > 1)
-      x = SuperStage(sp.family, st, self.conv, name=f'stage{i}')(
+      x = SuperStage(sp.family, st, self.conv, self.remat, name=f'stage{i}')(
           x, train, None if path is None else path[k:k + n],
           None if op_weights is None else op_weights[k:k + n])
       feats[f'stage{i}'] = x
