@@ -318,7 +318,7 @@ def run_search(config, workdir: str, *, log=print, stop_after: int | None = None
   save_variables(os.path.join(workdir, 'supernet'),
                  {'params': state.params, 'batch_stats': state.batch_stats},
                  {'task': config.task, 'space': space.to_dict(),
-                  'num_classes': config.data.num_classes})
+                  'outputs': {k: config.data[k] for k in build.OUTPUT_KEYS if k in config.data}})
   cost = derived_cost(space, choices, config)
   arch = save_outputs(workdir, space, choices, history or [(0, probs(state))], cost,
                       time.perf_counter() - t_start, config)
