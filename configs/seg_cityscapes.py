@@ -58,7 +58,11 @@ def get_config() -> ml_collections.ConfigDict:
       # paper; the authors' release, fna_det/configs/fna_retinanet_fpn_search.py.
       a_b1=0.5, a_b2=0.999, grad_clip_norm=35.0,
       random_candidates=20,                 # random search: architectures evaluated at the end
-      conv_impl='')                         # supernet convs; '' = conv_impl below
+      conv_impl='',                         # supernet convs; '' = conv_impl below
+      # How the arch step's relaxed mixed op (Eq. 7) is computed: 'naive' (each candidate block
+      # on its own) or 'fused' (the MBConv candidates as one wide block); same variables and the
+      # same numbers up to float rounding.
+      mixed_op='naive')
   c.adapt = dict(                           # parameter adaptation (paper Sec. 4.1.1)
       init='supernet',                      # 'supernet' (FNA++), 'seed' (FNA) or 'random'
       random_init='normal',                 # init='random': backbone conv kernels 'normal'

@@ -174,10 +174,12 @@ def head(config, output_stride: int, name: str | None = None, conv_module=None):
 
 
 def search_network(config, search_space: spaces.SearchSpace):
-  """The network searched over: ``Supernet(search_space)`` + ``config.head.name``."""
+  """The network searched over: ``Supernet(search_space)`` + ``config.head.name``; the relaxed
+  mixed op computed as ``search.mixed_op`` says (``'naive'`` or ``'fused'``, the same numbers)."""
   c = conv(config, 'search')
   os_ = search_space.skeleton().output_stride
-  return task(config).network(Supernet(search_space, c), head(config, os_, conv_module=c))
+  return task(config).network(Supernet(search_space, c, config.search.mixed_op),
+                              head(config, os_, conv_module=c))
 
 
 def task_network(config, arch: arch_lib.Arch, *, head_name: str | None = None,
