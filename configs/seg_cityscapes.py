@@ -72,7 +72,11 @@ def get_config() -> ml_collections.ConfigDict:
       # residuals of all its branches, about 3x the sampled path's activations; with remat only
       # each layer's input is kept and the chosen op is recomputed in the backward pass.  Same
       # variables and results (float32 rounding); the arch step (all paths) is unchanged.
-      remat=False)
+      remat=False,
+      # How the arch step's relaxed mixed op (Eq. 7) is computed: 'naive' (each candidate block
+      # on its own) or 'fused' (the MBConv candidates as one wide block); same variables and the
+      # same numbers up to float rounding.
+      mixed_op='naive')
   c.adapt = dict(                           # parameter adaptation (paper Sec. 4.1.1)
       init='supernet',                      # 'supernet' (FNA++), 'seed' (FNA) or 'random'
       random_init='normal',                 # init='random': backbone conv kernels 'normal'

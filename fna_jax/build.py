@@ -200,10 +200,13 @@ def head(config, output_stride: int, name: str | None = None, conv_module=None):
 def search_network(config, search_space: spaces.SearchSpace):
   """The network searched over: ``Supernet(search_space)`` + ``config.head.name``;
   ``config.search.remat`` rematerialises the mixed layers' branches in the single-path weight
-  step (less memory, same results: :class:`~fna_jax.models.supernet.MixedLayer`)."""
+  step (less memory, same results) and ``config.search.mixed_op`` chooses how the relaxed mixed
+  op is computed (``'naive'`` or ``'fused'``, the same numbers):
+  :class:`~fna_jax.models.supernet.MixedLayer`."""
   c = conv(config, 'search')
   os_ = search_space.skeleton().output_stride
-  body = Supernet(search_space, c, remat=bool(config.search.get('remat', False)))
+  body = Supernet(search_space, c, remat=config.search.remat,
+                  relaxed_impl=config.search.mixed_op)
   return task(config).network(body, head(config, os_, conv_module=c))
 
 

@@ -12,7 +12,12 @@ with the weight step's optimiser: the derived architecture of a sampled path P a
 - ``weight step (random paths)``: a new path every step (uniform, then from softmax(alpha));
 - ``weight step (path P)``: the same compiled function with alphas peaked on P, so every step
   trains P: its time over ``standalone arch(P)`` is the supernet's overhead (target <= 1.3);
-- ``arch step (all paths)``; ``standalone arch(P)``; ``standalone MobileNetV2``.
+- ``arch step (all paths)``: the relaxed mixed op computed naively (``search.mixed_op='naive'``:
+  every candidate block on its own);
+- ``arch step (all paths, fused)``: the same step with ``search.mixed_op='fused'`` (the MBConv
+  candidates of each layer as one wide block, :class:`fna_jax.models.supernet.MixedLayer`; the
+  same variables and numbers): its time over the naive one is the fusion's gain;
+- ``standalone arch(P)``; ``standalone MobileNetV2``.
 
 Figures:
 
@@ -63,9 +68,9 @@ from fna_jax.train import search, search_loop
 
 NAMES = {'weight': 'weight step (random paths)', 'weight_fixed': 'weight step (path P)',
          'standalone': 'standalone arch(P)', 'mobilenet_v2': 'standalone MobileNetV2',
-         'arch': 'arch step (all paths)'}
+         'arch': 'arch step (all paths)', 'arch_fused': 'arch step (all paths, fused)'}
 KINDS = tuple(NAMES)
-RSS_KINDS = ('weight', 'arch', 'standalone', 'mobilenet_v2')
+RSS_KINDS = ('weight', 'arch', 'arch_fused', 'standalone', 'mobilenet_v2')
 CHILD_MODULE = 'fna_jax.bench.search'   # this module, run by the fresh processes
 
 # NOT measured by this benchmark: the authors' PyTorch supernet (their public release), timed
@@ -132,14 +137,23 @@ class Setup:
   batch: Any           # the task's training batch, sharded on 'data'
   fns: search.SearchFns
   w_step: Any          # jitted weight step (state, batch, uniform) -> (state, metrics)
-  a_step: Any          # jitted arch step (state, batch) -> (state, metrics)
+  a_step: Any          # jitted arch step (state, batch) -> (state, metrics), naive mixed op
+  a_step_fused: Any    # the same, search.mixed_op='fused'
   variables: Any       # supernet + head variables (numpy)
   path: np.ndarray     # the sampled path P, int32 (L,)
   path_arch: arch_lib.Arch
 
 
+def _with_mixed_op(config, mixed_op: str):
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.search.mixed_op = mixed_op
+  return c
+
+
 def setup(config, path_seed: int = 0) -> Setup:
-  """The search network, its cost table and jitted steps, a random batch and a path P."""
+  """The search network, its cost table and jitted steps (the arch step with the naive and the
+  fused mixed op, whatever ``config.search.mixed_op`` says), a random batch and a path P."""
+  config = _with_mixed_op(config, 'naive')
   task = build.task(config)
   space = build.space(config)
   mesh = build.mesh()
@@ -150,13 +164,17 @@ def setup(config, path_seed: int = 0) -> Setup:
   fns, _ = search_loop.make_search_fns(config, model, space, table,
                                        search.Schedule(10_000, 0, 0))
   w_step, a_step = search.jit_steps(fns, mesh)
+  fused = _with_mixed_op(config, 'fused')
+  fns_fused, _ = search_loop.make_search_fns(fused, build.search_network(fused, space), space,
+                                             table, search.Schedule(10_000, 0, 0))
+  _, a_step_fused = search.jit_steps(fns_fused, mesh)
   host = random_batch(task.batch_shapes(config.search.batch_size, 'search'),
                       config.data.num_classes)
   path = np.asarray(sn.sample_path(jax.random.key(path_seed),
                                    sn.init_alphas(jax.random.key(0), space),
                                    sn.candidate_mask(space), True))
   return Setup(config, space, mesh, mesh_lib.put_batch(host, mesh), fns, w_step, a_step,
-               variables, path, space.derive([int(p) for p in path]))
+               a_step_fused, variables, path, space.derive([int(p) for p in path]))
 
 
 def seed_arch_in_task(space) -> arch_lib.Arch:
@@ -216,15 +234,16 @@ def make_subject(sb: Setup, kind: str, n_calls: int) -> SearchSubject:
 
     jitted, args = sb.w_step, lambda: (box[0], batch, flags[-1])
     after = lambda: paths.append(np.asarray(box[1]['path']))
-  elif kind == 'arch':
+  elif kind in ('arch', 'arch_fused'):
     alphas = sn.init_alphas(jax.random.key(0), sb.space)
     box = [put(search.init_state(sb.fns, sb.variables, alphas, jax.random.key(1))), None]
+    a_step = sb.a_step if kind == 'arch' else sb.a_step_fused
 
     def one_step():
-      box[0], box[1] = sb.a_step(box[0], batch)
+      box[0], box[1] = a_step(box[0], batch)
       return box[0]
 
-    jitted, args = sb.a_step, lambda: (box[0], batch)
+    jitted, args = a_step, lambda: (box[0], batch)
   elif kind in ('standalone', 'mobilenet_v2'):
     arch = sb.path_arch if kind == 'standalone' else seed_arch_in_task(sb.space)
     net = build.task_network(sb.config, arch)
@@ -312,11 +331,14 @@ def time_all(config, opts: Options) -> dict:
         f'{med["weight"] / med["standalone"]:.2f}', flush=True)
   print(f'   arch step / weight step (random paths):               '
         f'{med["arch"] / med["weight"]:.2f}', flush=True)
-  ok = all(by_kind[k].compiles == 1 for k in ('weight', 'arch'))
+  print(f'   arch step fused / naive (img/s):                      '
+        f'{rate["arch_fused"] / rate["arch"]:.2f}', flush=True)
+  ok = all(by_kind[k].compiles == 1 for k in ('weight', 'arch', 'arch_fused'))
   print(f'compilations over {n} steps (changing paths; jax.monitoring backend-compile events): '
         f'weight step {by_kind["weight"].compiles} '
         f'(+{by_kind["weight_fixed"].compiles} for new alphas), '
-        f'arch step {by_kind["arch"].compiles} (target 1 each: {"met" if ok else "MISSED"})',
+        f'arch step {by_kind["arch"].compiles}, fused {by_kind["arch_fused"].compiles} '
+        f'(target 1 each: {"met" if ok else "MISSED"})',
         flush=True)
 
   print("memory (XLA's buffer assignment of each step's executable: arguments + outputs - "
@@ -389,6 +411,8 @@ def print_summary(summary: dict, rss: dict) -> None:
         flush=True)
   print(f'   all-path arch step:      {rate["arch"]:6.2f} img/s; memory {mem("arch")}',
         flush=True)
+  print(f'   ... with the fused op:   {rate["arch_fused"]:6.2f} img/s; memory '
+        f'{mem("arch_fused")}', flush=True)
   print(f'   standalone MobileNetV2:  {rate["mobilenet_v2"]:6.2f} img/s; '
         f'memory {mem("mobilenet_v2")}', flush=True)
   a = PYTORCH_REFERENCE

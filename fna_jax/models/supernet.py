@@ -18,6 +18,11 @@ what the forward needs:
 
 BatchNorm statistics and affine parameters live in every op and are trained in the supernet
 (FNA++); in single-path mode only the chosen op's statistics update.
+
+The relaxed forward has two implementations with the same variables and the same results
+(``relaxed_impl``, from the config key ``search.mixed_op``): ``'naive'`` runs every candidate
+block on its own; ``'fused'`` runs the MBConv candidates as one wide block (see
+:class:`MixedLayer`).
 """
 
 from __future__ import annotations
@@ -30,8 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from fna_jax.models.backbone import last_conv, stem
-from fna_jax.models.blocks import make_block
-from fna_jax.ops import Conv
+from fna_jax import arch as arch_lib
+from fna_jax.models.blocks import BatchNorm, make_block
+from fna_jax.ops import Conv, conv2d
 from fna_jax.spaces import SearchSpace, SpaceStage
 
 
@@ -74,6 +80,54 @@ def argmax_path(alphas: jax.Array, mask: np.ndarray) -> np.ndarray:
   return np.asarray(jnp.argmax(masked_logits(alphas, mask), axis=-1))
 
 
+RELAXED_IMPLS = ('naive', 'fused')
+
+
+def _conv_impl(conv) -> str | None:
+  """The ``impl`` a conv module constructor (``ops.Conv`` or ``ops.conv_module(impl)``) fixes."""
+  return getattr(conv, 'keywords', {}).get('impl')
+
+
+def _fusable(family: str, op_name: str) -> bool:
+  """MBConv candidates with an expansion conv join the fused block; the others (``skip``,
+  expansion 1, other families) run on their own."""
+  op = arch_lib.parse_op(op_name)
+  return family == arch_lib.MBCONV and not op.is_skip and op.expansion != 1
+
+
+class _MBConvParts(nn.Module):
+  """An :class:`~fna_jax.models.blocks.MBConv`'s variables, used piece by piece.
+
+  Named as the candidate (``name=op``), it addresses the very variables the ``MBConv`` of that
+  name owns (``expand_conv``, ``expand_bn``, ``dw_conv``, ``dw_bn``, ``project_conv``,
+  ``project_bn``: same paths, same modules for the BatchNorms and the projection), so that
+  :class:`MixedLayer`'s fused forward can run the convolutions of several candidates at once
+  while each candidate's BatchNorms normalise, and update the running statistics of, its own
+  channels exactly as in the MBConv.  Used only after ``init`` (the MBConv creates the variables).
+  """
+  c_out: int
+  conv: Any = Conv
+
+  def setup(self):
+    self.expand_bn = BatchNorm()
+    self.dw_bn = BatchNorm()
+    self.project_conv = self.conv(self.c_out, 1)
+    self.project_bn = BatchNorm()
+
+  def kernel(self, conv_name: str):
+    """The kernel of conv ``conv_name`` (``'expand_conv'`` or ``'dw_conv'``), read as it is."""
+    return self.variables['params'][conv_name]['kernel']
+
+  def expand_act(self, h, train: bool):
+    """ReLU6(expand_bn(h)), ``h`` this candidate's channels of the fused expansion."""
+    return jax.nn.relu6(self.expand_bn(h, use_running_average=not train))
+
+  def project(self, h, train: bool):
+    """project_bn(project_conv(ReLU6(dw_bn(h)))), ``h`` this candidate's depthwise output."""
+    h = jax.nn.relu6(self.dw_bn(h, use_running_average=not train))
+    return self.project_bn(self.project_conv(h), use_running_average=not train)
+
+
 class MixedLayer(nn.Module):
   """One searched layer: a block per candidate op, each submodule named by its op.
 
@@ -89,6 +143,29 @@ class MixedLayer(nn.Module):
   backward pass, inside the switch.  The parameter paths are the same either way (the
   checkpointed function creates its block in this module's scope, by name).  The relaxed
   forward (Eq. 7) and ``init`` are unchanged.
+
+  ``relaxed_impl`` chooses how the relaxed output ``sum_o weights[o] * o(x)`` (paper Sec. 3.2.2,
+  Eq. 7) is computed; ``init`` and single-path mode are the same in both:
+
+  * ``'naive'``: every candidate block runs on its own.
+  * ``'fused'``: the MBConv candidates with an expansion conv (the others, ``skip`` and
+    expansion-1 ops, run on their own) as one wide block.  Their expansion kernels, concatenated
+    on the output axis, make one 1x1 conv ``c_in -> sum_o hidden_o``; each candidate's
+    ``expand_bn`` normalises its own channels of it (BatchNorm is per channel: the statistics are
+    the candidate's own), ReLU6; their depthwise kernels, zero-padded (centred) to the largest
+    kernel ``K``, make ONE depthwise conv over all hidden channels with the layer's stride and
+    dilation (a ``k x k`` kernel centred in ``K x K`` zeros with padding ``d (K - 1) / 2`` reads
+    the same pixels with the same weights as the ``k x k`` kernel with padding ``d (k - 1) / 2``,
+    and the output size is the same); then per candidate its ``dw_bn``, ReLU6, ``project_conv``
+    and ``project_bn`` (batch statistics per candidate), plus ``x`` where the candidate has a
+    residual.  The fused convolutions read the candidates' kernels from this module's variables
+    (``self.variables``), and the BatchNorms and projections are the candidates' own modules,
+    addressed through :class:`_MBConvParts` named as the candidate: the fused forward reads and
+    updates exactly the variables (``{op}/expand_conv/kernel``, ``{op}/expand_bn/...``, ...) the
+    naive one does, with the same values, so checkpoints, remapping and derivation do not see
+    the difference.  Equal to ``'naive'`` up to float rounding (the wide matmul may sum in
+    another order).  It trades the smaller kernels' zero taps (more multiply-adds in the
+    depthwise conv) for fewer, larger convolutions.
   """
   family: str
   candidates: tuple[str, ...]
@@ -98,9 +175,12 @@ class MixedLayer(nn.Module):
   dilation: int = 1
   conv: Any = Conv  # ops.Conv or ops.conv_module(impl)
   remat: bool = False  # single path: rematerialise each branch (see the class docstring)
+  relaxed_impl: str = 'naive'  # 'naive' | 'fused': see above
 
   @nn.compact
   def __call__(self, x, train: bool = False, index=None, weights=None):
+    if self.relaxed_impl not in RELAXED_IMPLS:
+      raise ValueError(f'{self.name}: relaxed_impl {self.relaxed_impl!r} not in {RELAXED_IMPLS}')
     def branch(op):
       def run(mdl, x):
         del mdl  # submodules are created in this module's scope by name
@@ -119,11 +199,43 @@ class MixedLayer(nn.Module):
       raise ValueError(f'{self.name}: give exactly one of index (single path) or weights '
                        '(relaxed)')
     if weights is not None:
+      if self.relaxed_impl == 'fused':
+        return self._fused_relaxed(x, train, weights, branches)
       return sum(weights[o] * b(self, x) for o, b in enumerate(branches))
     if self.remat:
       # ``train`` is a Python bool closed over by ``run``, so no static_argnums are needed.
       branches = [nn.checkpoint(b) for b in branches]
     return nn.switch(index, branches, self, x)
+
+  def _fused_relaxed(self, x, train, weights, branches):
+    """``sum_o weights[o] * o(x)`` with the fusable candidates as one wide block (class doc)."""
+    fused = [o for o, op in enumerate(self.candidates) if _fusable(self.family, op)]
+    outs = {o: branches[o](self, x) for o in range(len(self.candidates)) if o not in fused}
+    if fused:
+      ops = [arch_lib.parse_op(self.candidates[o]) for o in fused]
+      parts = [_MBConvParts(self.c_out, self.conv, name=op.name) for op in ops]
+      hidden = [self.c_in * op.expansion for op in ops]
+      bounds = np.cumsum([0] + hidden)
+      k_max = max(op.kernel for op in ops)
+      impl = _conv_impl(self.conv)
+      # One 1x1 conv c_in -> sum(hidden): the candidates' expansion kernels side by side.
+      w_expand = jnp.concatenate([p.kernel('expand_conv') for p in parts], axis=3)
+      e = conv2d(x, w_expand, impl=impl)
+      h = jnp.concatenate([p.expand_act(e[..., bounds[i]:bounds[i + 1]], train)
+                           for i, p in enumerate(parts)], axis=-1)
+      # One depthwise conv: each (k, k, 1, hidden) kernel centred in a (K, K) frame of zeros.
+      def centred(w, k):
+        pad = (k_max - k) // 2
+        return jnp.pad(w, ((pad, pad), (pad, pad), (0, 0), (0, 0)))
+      w_dw = jnp.concatenate([centred(p.kernel('dw_conv'), op.kernel)
+                              for p, op in zip(parts, ops)], axis=3)
+      d = conv2d(h, w_dw, stride=self.stride, dilation=self.dilation, groups=int(bounds[-1]),
+                 impl=impl)
+      residual = self.stride == 1 and self.c_in == self.c_out
+      for i, (o, p) in enumerate(zip(fused, parts)):
+        y = p.project(d[..., bounds[i]:bounds[i + 1]], train)
+        outs[o] = y + x if residual else y
+    return sum(weights[o] * outs[o] for o in range(len(self.candidates)))
 
 
 class SuperStage(nn.Module):
@@ -132,6 +244,7 @@ class SuperStage(nn.Module):
   stage: SpaceStage
   conv: Any = Conv  # ops.Conv or ops.conv_module(impl)
   remat: bool = False  # MixedLayer.remat of every searched layer
+  relaxed_impl: str = 'naive'  # MixedLayer.relaxed_impl
 
   @nn.compact
   def __call__(self, x, train: bool = False, path=None, weights=None):
@@ -145,7 +258,7 @@ class SuperStage(nn.Module):
                        self.conv)(x, train)
         continue
       layer = MixedLayer(self.family, cands, c_in, c_out, stride, st.dilation, self.conv,
-                         self.remat, name=f'layer{j}')
+                         remat=self.remat, relaxed_impl=self.relaxed_impl, name=f'layer{j}')
       x = layer(x, train,
                 index=None if path is None else path[k],
                 weights=None if weights is None else weights[k, :len(cands)])
@@ -161,10 +274,12 @@ class Supernet(nn.Module):
   ``path`` (int32 ``(L,)``) for a single-path forward or ``op_weights`` (``(L, K)``) for the relaxed
   one; ``init`` needs neither.  ``remat``: the single-path forward rematerialises every mixed
   layer's branches (:class:`MixedLayer`); same variables, same results, less memory under grad.
+  ``relaxed_impl``: how the relaxed forward is computed, the same numbers either way.
   """
   space: SearchSpace
   conv: Any = Conv  # ops.Conv or ops.conv_module(impl)
   remat: bool = False  # MixedLayer.remat of every searched layer
+  relaxed_impl: str = 'naive'  # MixedLayer.relaxed_impl
 
   @nn.compact
   def __call__(self, x, train: bool = False, path=None, op_weights=None):
@@ -174,7 +289,8 @@ class Supernet(nn.Module):
     k = 0
     for i, st in enumerate(sp.stages):
       n = sum(1 for c in st.candidates if len(c) > 1)
-      x = SuperStage(sp.family, st, self.conv, self.remat, name=f'stage{i}')(
+      x = SuperStage(sp.family, st, self.conv, remat=self.remat,
+                     relaxed_impl=self.relaxed_impl, name=f'stage{i}')(
           x, train, None if path is None else path[k:k + n],
           None if op_weights is None else op_weights[k:k + n])
       feats[f'stage{i}'] = x
