@@ -14,7 +14,7 @@ from configs import pose_demo, pose_mpii
 from fna_jax import arch as arch_lib
 from fna_jax import build
 from fna_jax import cost as cost_lib
-from fna_jax.tasks.pose import joints
+from fna_jax.tasks.pose import affine, baseline, joints
 from fna_jax.train.adapt_loop import run_adapt
 from fna_jax.train.evaluate import run_evaluation
 from fna_jax.train.search_loop import run_search
@@ -93,3 +93,40 @@ def test_mobilenet_v2_pose_network_is_tab6s_size():
   got = cost_lib.count(net, None, (1, 256, 256, 3))
   assert abs(got.params / 5.23e6 - 1) < 5e-3 and abs(got.madds / 6.09e9 - 1) < 5e-3, got
   assert np.isclose(got.madds, 6_086_057_984, rtol=0)  # the figure the README states
+
+
+def _person(joints, center, scale, visible=None):
+  j = np.asarray(joints, np.float32)
+  return {'joints': j, 'visible': np.ones(len(j), np.float32) if visible is None else
+          np.asarray(visible, np.float32), 'center': np.asarray(center, np.float32),
+          'scale': np.float32(scale), 'headbox': np.asarray([[0, 0], [30, 40]], np.float32)}
+
+
+def test_mean_pose_baseline_by_hand():
+  """Two training people in 100-px boxes (scale 0.5) around different centres: in a 256x256 crop a
+  joint at the centre lands at (128, 128) and one 25 px right of it at 128 + 25 * 2.56 = 192; the
+  mean of (128, 128) and (192, 128) is (160, 128).  An invisible joint does not count.  Mapped to
+  a validation person of scale 1 (200-px box) at (300, 300), (160, 128) is 32 / 1.28 = 25 px
+  right of the centre: (325, 300)."""
+  n = 16
+  a = np.tile([[10.0, 10.0]], (n, 1))
+  a[0] = (50.0, 50.0)                       # at the centre of its box
+  b = np.tile([[10.0, 10.0]], (n, 1))
+  b[0] = (225.0, 100.0)                     # 25 px right of its centre (200, 100)
+  vis_b = np.ones(n)
+  vis_b[1] = 0.0
+  train = [_person(a, (50, 50), 0.5), _person(b, (200, 100), 0.5, vis_b)]
+  mean = baseline.mean_pose(train)
+  np.testing.assert_allclose(mean[0], (160.0, 128.0), atol=1e-4)
+  # Joint 1 is visible in the first person only: its crop position there.
+  first = affine.affine_transform(a[1:2], affine.get_affine_transform((50, 50), 0.5, 0, (256, 256)))
+  np.testing.assert_allclose(mean[1], first[0], atol=1e-4)
+  # Head size: |(30, 40)| * 0.6 = 30 px, so PCKh@0.5 accepts 15 px.  Joint 0 predicted at
+  # (325, 300): a validation joint at (335, 300) (10 px away) counts, one at (345, 300) does not.
+  near, far = np.zeros((n, 2)), np.zeros((n, 2))
+  near[0], far[0] = (335.0, 300.0), (345.0, 300.0)
+  vis = np.zeros(n)
+  vis[0] = 1.0
+  for val_joints, expected in ((near, 100.0), (far, 0.0)):
+    table = baseline.mean_pose_pckh(train, [_person(val_joints, (300, 300), 1.0, vis)])
+    assert table[joints.JOINT_NAMES[0]] == expected
