@@ -7,14 +7,19 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import numpy as np
+import optax
 import pytest
 
 from configs import pose_demo, pose_mpii
 from fna_jax import arch as arch_lib
 from fna_jax import build
 from fna_jax import cost as cost_lib
-from fna_jax.tasks.pose import affine, baseline, joints
+from fna_jax.models.init import init_variables
+from fna_jax.runtime import mesh as mesh_lib
+from fna_jax.runtime import steps as steps_lib
+from fna_jax.tasks.pose import affine, baseline, decode, joints, pipeline
 from fna_jax.train.adapt_loop import run_adapt
 from fna_jax.train.evaluate import run_evaluation
 from fna_jax.train.search_loop import run_search
@@ -130,3 +135,59 @@ def test_mean_pose_baseline_by_hand():
   for val_joints, expected in ((near, 100.0), (far, 0.0)):
     table = baseline.mean_pose_pckh(train, [_person(val_joints, (300, 300), 1.0, vis)])
     assert table[joints.JOINT_NAMES[0]] == expected
+
+
+def test_heatmap_targets_decode_back_to_the_joints():
+  """SimpleBaseline's round trip: joints in a person's image -> 256x256 crop -> 64x64 Gaussian
+  targets (peak at the rounded heatmap cell) -> argmax + quarter-pixel decoding -> the image.  A
+  target's Gaussian is symmetric about its cell, so the quarter-pixel rule does not move it and
+  the error is the rounding to the cell: at most half a heatmap pixel, i.e. 0.5 * (scale * 200
+  / 64) image pixels per axis."""
+  rng = np.random.default_rng(0)
+  center, scale = np.array([210.0, 170.0]), 1.3
+  box = scale * 200
+  pts = center + rng.uniform(-0.4, 0.4, (16, 2)) * box
+  to_crop = affine.get_affine_transform(center, scale, 0, (256, 256))
+  target, weight = pipeline.generate_target(affine.affine_transform(pts, to_crop), np.ones(16),
+                                            (256, 256), (64, 64), 2.0)
+  assert weight.min() == 1.0
+  preds, _ = decode.get_final_preds(target[None], np.asarray([center], np.float32),
+                                    np.asarray([scale], np.float32))
+  err = np.abs(np.asarray(preds[0]) - pts)
+  half_cell = 0.5 * box / 64
+  assert err.max() <= half_cell + 1e-3, (err.max(), half_cell)
+  assert err.max() > 0.1 * half_cell   # a real rounding, not an identity
+
+
+def test_pose_train_step_1_vs_8_devices():
+  """One pose train step (SimpleBaseline head, BatchNorm on batch statistics) on one device and
+  sharded over eight: the same loss and parameters (BatchNorm statistics are global under the
+  sharded jit), up to float32 reduction order."""
+  c = pose_demo.get_config()
+  c.data.update(input_size=(64, 64))
+  c.space.max_layers = (1, 1, 1, 1, 1, 1, 1)
+  c.head.channels = 16
+  net = build.task_network(c, build.space(c).derive(
+      [0] * build.space(c).num_searched))
+  variables = init_variables(net, 0, (1, 64, 64, 3))
+  rng = np.random.default_rng(1)
+  batch = {'image': rng.normal(size=(8, 64, 64, 3)).astype(np.float32),
+           'target': rng.uniform(size=(8, 16, 16, 16)).astype(np.float32),
+           'target_weight': (rng.uniform(size=(8, 16)) > 0.3).astype(np.float32)}
+  task = build.task(c)
+  tx = optax.adam(1e-3)
+  out = []
+  for devices in (jax.devices()[:1], jax.devices()[:8]):
+    mesh = build.mesh(devices)
+    step = steps_lib.jit_train_step(net, tx, task.loss, mesh)
+    state = mesh_lib.put_replicated(steps_lib.init_state(tx, variables, jax.random.key(0)), mesh)
+    state, metrics = step(state, mesh_lib.put_batch(batch, mesh))
+    out.append((float(metrics['loss']), jax.device_get(state.params),
+                jax.device_get(state.batch_stats)))
+  assert len(jax.devices()) >= 8
+  np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-5)
+  # Adam's first update is lr * sign-like (g / |g|), so parameters agree to ~lr * 1e-3 unless a
+  # gradient entry is ~0; compare with a tolerance well below lr (1e-3).
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), out[0][1], out[1][1])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               out[0][2], out[1][2])
