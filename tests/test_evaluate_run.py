@@ -47,11 +47,14 @@ def network(tmp_path_factory):
   return c, model, variables, source
 
 
-def forward_each_image(model, variables, source):
-  """Predicted classes of every image of ``source``, each image forwarded alone (batch of 1)."""
+def forward_each_image(model, variables, source, return_logits=False):
+  """Predicted classes of every image of ``source``, each image forwarded alone (batch of 1);
+  with ``return_logits`` also the logits."""
   forward = jax.jit(lambda x: model.apply(variables, x, False))
-  return np.stack([np.argmax(np.asarray(forward(T.normalize(source[i]['image'])[None]))[0], -1)
-                   for i in range(len(source))])
+  logits = np.stack([np.asarray(forward(T.normalize(source[i]['image'])[None]))[0]
+                     for i in range(len(source))])
+  preds = np.argmax(logits, -1)
+  return (preds, logits) if return_logits else preds
 
 
 def numpy_metrics(labels, preds, num_classes):
@@ -88,8 +91,8 @@ def test_padded_last_batch_on_8_devices_matches_a_per_image_numpy_loop(network, 
   assert len(devices) == 8 and NUM_VAL % 8
   labels = np.stack([source[i]['label'] for i in range(NUM_VAL)])
   assert np.any(labels == IGNORE)  # the ignore label is exercised
-  ref_preds = forward_each_image(model, variables, source)
-  ref_miou, ref_acc, ref_cm = numpy_metrics(labels, ref_preds, c.data.num_classes)
+  ref_preds, ref_logits = forward_each_image(model, variables, source, return_logits=True)
+  _, _, ref_cm = numpy_metrics(labels, ref_preds, c.data.num_classes)
   # Not a degenerate network: several classes predicted, several of them correctly somewhere.
   assert len(np.unique(ref_preds)) >= 3 and np.count_nonzero(np.diag(ref_cm)) >= 2
 
@@ -99,13 +102,17 @@ def test_padded_last_batch_on_8_devices_matches_a_per_image_numpy_loop(network, 
   result = evaluate.evaluate_network(build.task(c), model, variables, source, log=quiet)
   # 16 = 11 images + 5 padding examples, in 2 batches of 8 (one example per device).
   assert len(logits) == 2 and all(l.shape == (8, 32, 32, c.data.num_classes) for l in logits)
-  preds = np.concatenate([np.argmax(l, -1) for l in logits])
-  # The sharded batch forward gives each image's single-image predictions, pixel for pixel (on
-  # the CPU backend both run the same per-example convolutions; were another backend to flip a
-  # near-tie, compare an agreement fraction instead).
-  np.testing.assert_array_equal(preds[:NUM_VAL], ref_preds)
-  # So the metrics must be those of the 11 real images alone: padding and 255 pixels count
+  preds = np.concatenate([np.argmax(l, -1) for l in logits])[:NUM_VAL]
+  # The sharded batch forward gives each image's single-image logits up to float32 summation
+  # order, so its predictions differ only where the two best logits of the single-image forward
+  # are within that rounding (a near-tie): at most a handful of pixels.
+  np.testing.assert_allclose(np.concatenate(logits)[:NUM_VAL], ref_logits, atol=1e-4, rtol=1e-4)
+  top2 = np.sort(ref_logits, -1)[..., -2:]
+  differ = preds != ref_preds
+  assert differ.sum() <= 5 and np.all((top2[..., 1] - top2[..., 0])[differ] < 1e-4)
+  # The metrics must be those of the 11 real images alone: padding and 255 pixels count
   # nowhere.  (Both sides are float64 arithmetic on the same integer counts.)
+  ref_miou, ref_acc, _ = numpy_metrics(labels, preds, c.data.num_classes)
   assert result['miou'] == pytest.approx(ref_miou, rel=1e-12)
   assert result['pixel_accuracy'] == pytest.approx(ref_acc, rel=1e-12)
   assert result['num_images'] == NUM_VAL
