@@ -14,12 +14,13 @@ from absl import flags
 from ml_collections import config_flags
 import pytest
 
-from configs import demo, seg_cityscapes, seg_cityscapes_deeplabv3plus
+from configs import demo, pose_demo, pose_mpii, seg_cityscapes, seg_cityscapes_deeplabv3plus
 from fna_jax import build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {'seg_cityscapes': seg_cityscapes.get_config, 'demo': demo.get_config,
-           'seg_cityscapes_deeplabv3plus': seg_cityscapes_deeplabv3plus.get_config}
+           'seg_cityscapes_deeplabv3plus': seg_cityscapes_deeplabv3plus.get_config,
+           'pose_mpii': pose_mpii.get_config, 'pose_demo': pose_demo.get_config}
 
 
 def _leaves(d: dict, prefix=''):
