@@ -100,6 +100,9 @@ def float_leaves(tree):
 def test_nan_loss_stops_naming_the_step_keeps_a_finite_checkpoint_and_resumes(
     tmp_path_factory, monkeypatch):
   c = tiny_adapt_config(tmp_path_factory, steps=4)
+  # No progress line before the end: the losses are fetched (and checked) only before each
+  # checkpoint, so the bad step is found at the step-4 checkpoint, which is then not written.
+  c.log_every = 100
   search_dir = fake_search_dir(c, tmp_path_factory.mktemp('search'))
   workdir = str(tmp_path_factory.mktemp('nan_adapt'))
   bad_step = 3  # after the step-2 checkpoint (checkpoint_every=2), before the step-4 one
@@ -122,7 +125,9 @@ def test_nan_loss_stops_naming_the_step_keeps_a_finite_checkpoint_and_resumes(
   with pytest.raises(loop.NonFiniteLossError, match=rf'^step {bad_step}: loss is nan\b') as e:
     run_adapt(c, workdir, search_dir, log=lambda s: None)
   assert os.path.join(workdir, 'checkpoints') in str(e.value)
-  assert len(calls) == bad_step  # it stopped at the bad step, not later
+  # It ran on to the next check (the step-4 checkpoint) without waiting for the steps' losses,
+  # named the first bad step there, and wrote nothing after it.
+  assert len(calls) == bad_step + 1
   assert not os.path.exists(os.path.join(workdir, 'model'))  # no result written
 
   # The checkpoint on disk is the one before the bad step, and all of it is finite.
@@ -151,3 +156,26 @@ def test_nan_loss_stops_naming_the_step_keeps_a_finite_checkpoint_and_resumes(
   step, state = restore_state(workdir, c, template)
   assert step == c.adapt.steps and int(state.step) == c.adapt.steps
 
+
+
+def test_pending_metrics_name_the_first_bad_step_and_fetch_nothing_before_a_check(tmp_path):
+  """``PendingMetrics.add`` keeps device arrays (no transfer); ``check`` raises for the first
+  non-finite loss among the pending steps, naming it, and returns the last step's floats."""
+  class Closable:
+    directory = str(tmp_path)
+    closed = False
+
+    def close(self):
+      self.closed = True
+
+  pending = loop.PendingMetrics()
+  for step, value in ((1, 0.5), (2, 0.25)):
+    pending.add(step, {'loss': jnp.float32(value), 'arch_loss': jnp.float32(1.0)})
+  assert all(isinstance(v, jax.Array) for _, m in pending._pending for v in m.values())
+  assert pending.check(Closable()) == {'loss': 0.25, 'arch_loss': 1.0}
+  for step, value in ((3, 0.1), (4, float('nan')), (5, float('inf'))):
+    pending.add(step, {'loss': jnp.float32(value)})
+  ckpts = Closable()
+  with pytest.raises(loop.NonFiniteLossError, match=r'^step 4: loss is nan'):
+    pending.check(ckpts)
+  assert ckpts.closed

@@ -30,6 +30,36 @@ def check_finite(step: int, metrics: dict, checkpoints) -> None:
           'learning rate).')
 
 
+class PendingMetrics:
+  """Step metrics kept on the device until a check, so that a loop never waits for a step.
+
+  Fetching a step's loss right after dispatching it (``float(loss)``) blocks the host until the
+  step has run, so the next batch cannot be prepared and sent while the device works.  A loop
+  instead calls :meth:`add` every step (no transfer) and :meth:`check` where it needs values: at
+  progress lines, before writing a checkpoint (so that no checkpoint holds the state after a
+  non-finite loss) and at the end.  :meth:`check` fetches every pending step's metrics in one
+  transfer and raises :class:`NonFiniteLossError` for the first step whose loss was not finite,
+  naming that step, as the per-step check did; the run stops at the check instead of the bad
+  step, with its last good checkpoint.
+  """
+
+  def __init__(self):
+    self._pending: list[tuple[int, dict]] = []
+
+  def add(self, step: int, metrics: dict) -> None:
+    """Records ``metrics`` (device scalars) of ``step``; nothing is transferred."""
+    self._pending.append((step, dict(metrics)))
+
+  def check(self, checkpoints) -> dict[str, float]:
+    """The pending steps' metrics fetched and checked; returns the last step's as floats."""
+    pending, self._pending = jax.device_get(self._pending), []
+    last: dict[str, float] = {}
+    for step, metrics in pending:
+      last = {k: float(v) for k, v in metrics.items()}
+      check_finite(step, last, checkpoints)
+    return last
+
+
 class Progress:
   """Prints one line every ``every`` steps (process 0 only): step, metrics, throughput, ETA."""
 

@@ -171,7 +171,10 @@ def run_adapt(config, workdir: str, search_dir: str, *, log=print,
       f'head {ac.head}, {total} steps of batch '
       f'{ac.batch_size} ({h}x{w} crops) on {mesh.size} device(s)')
 
+  pending = loop.PendingMetrics()  # no host sync per step: losses checked at logs/checkpoints
+
   def checkpoint(step, wait=False):
+    pending.check(ckpts)
     ckpts.save(step, state, {'data': data.get_state()}, wait=wait)
 
   progress = loop.Progress(total, config.log_every, ac.batch_size, prefix='adapt ')
@@ -179,15 +182,16 @@ def run_adapt(config, workdir: str, search_dir: str, *, log=print,
     for step in range(start + 1, total + 1):
       state, metrics = step_fn(state, mesh_lib.put_batch(next(data), mesh))
       progress.tick()
-      host = {k: float(v) for k, v in metrics.items()}
-      loop.check_finite(step, host, ckpts)
+      pending.add(step, metrics)
       if progress.due(step):
+        host = pending.check(ckpts)
         progress.log(step, {'loss': host['loss'], 'lr': float(lr_fn(step - 1))})
       if loop.checkpoint_or_stop(step, start=start, total=total, every=config.checkpoint_every,
                                  stop_after=stop_after, preempt=preempt, save=checkpoint):
         ckpts.close()
         log(f'stopped at step {step}; rerun the same command to resume')
         return None
+  pending.check(ckpts)
   ckpts.close()
 
   variables = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})

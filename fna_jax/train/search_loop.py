@@ -276,7 +276,10 @@ def run_search(config, workdir: str, *, log=print, stop_after: int | None = None
   mask = sn.candidate_mask(space)
   probs = lambda s: np.asarray(sn.op_weights(s.alphas, mask))
 
+  pending = loop.PendingMetrics()  # no host sync per step: losses checked at logs/checkpoints
+
   def checkpoint(step, wait=False):
+    pending.check(ckpts)
     meta = {'w_data': w_data.get_state(), 'a_data': a_data.get_state(),
             'history': [(h, p.tolist()) for h, p in history]}
     ckpts.save(step, state, meta, wait=wait)
@@ -292,9 +295,9 @@ def run_search(config, workdir: str, *, log=print, stop_after: int | None = None
       state, wm = w_step(state, mesh_lib.put_batch(next(w_data), mesh), jnp.asarray(uniform))
       metrics.update(loss=wm['loss'])
       progress.tick()
-      host = {k: float(v) for k, v in metrics.items()}
-      loop.check_finite(step, host, ckpts)
+      pending.add(step, metrics)
       if progress.due(step):
+        host = pending.check(ckpts)
         history.append((step, probs(state)))
         fields = {'epoch': f'{(step - 1) // steps_per_epoch + 1}/{sc.epochs}',
                   'loss': host['loss'], 'lr': float(lr_fn(step - 1))}
