@@ -185,3 +185,20 @@ def normalize(image: np.ndarray) -> np.ndarray:
   mean = np.asarray(IMAGENET_MEAN, np.float32) * 255
   inv_std = 1.0 / (np.asarray(IMAGENET_STD, np.float32) * 255)
   return (image.astype(np.float32) - mean) * inv_std
+
+
+def unnormalize(image) -> np.ndarray:
+  """Undoes :func:`normalize`: float32 -> uint8 RGB (rounded, clipped).
+
+  Args:
+    image: ``(..., 3)`` float ImageNet-normalised, or already uint8 (returned as is).
+
+  Returns:
+    uint8 ``(..., 3)``.
+  """
+  image = np.asarray(image)
+  if image.dtype == np.uint8:
+    return image
+  mean = np.asarray(IMAGENET_MEAN, np.float64) * 255
+  std = np.asarray(IMAGENET_STD, np.float64) * 255
+  return np.clip(np.rint(image.astype(np.float64) * std + mean), 0, 255).astype(np.uint8)

@@ -14,21 +14,11 @@ GT_COLOUR = (40, 220, 40)
 PRED_COLOUR = (240, 40, 40)
 
 
-def unnormalize(image) -> np.ndarray:
-  """ImageNet-normalised float ``(..., 3)`` -> uint8 RGB (uint8 returned as is)."""
-  image = np.asarray(image)
-  if image.dtype == np.uint8:
-    return image
-  mean = np.asarray(_transforms.IMAGENET_MEAN, np.float64) * 255
-  std = np.asarray(_transforms.IMAGENET_STD, np.float64) * 255
-  return np.clip(np.rint(image.astype(np.float64) * std + mean), 0, 255).astype(np.uint8)
-
-
 def draw_skeleton(image, joints, visible=None, colour=PRED_COLOUR, skeleton=SKELETON,
                   radius: int = 2) -> np.ndarray:
   """uint8 ``(H, W, 3)`` ``image`` with the limbs of ``skeleton`` and the joints ``(J, 2)`` drawn;
   joints with ``visible == 0`` (and limbs touching them) are left out."""
-  img = Image.fromarray(unnormalize(image).copy())
+  img = Image.fromarray(_transforms.unnormalize(image).copy())
   draw = ImageDraw.Draw(img)
   joints = np.asarray(joints, np.float64)
   vis = np.ones(len(joints), bool) if visible is None else np.asarray(visible) > 0

@@ -79,23 +79,6 @@ def colorize(label_map, palette) -> np.ndarray:
   return lut[np.where(inside, label_map, IGNORE_LABEL).astype(np.intp)]
 
 
-def unnormalize(image) -> np.ndarray:
-  """Undoes :func:`fna_jax.data.transforms.normalize`: float32 -> uint8 RGB (rounded, clipped).
-
-  Args:
-    image: ``(..., 3)`` float ImageNet-normalised, or already uint8 (returned as is).
-
-  Returns:
-    uint8 ``(..., 3)``.
-  """
-  image = np.asarray(image)
-  if image.dtype == np.uint8:
-    return image
-  mean = np.asarray(_transforms.IMAGENET_MEAN, np.float64) * 255
-  std = np.asarray(_transforms.IMAGENET_STD, np.float64) * 255
-  return np.clip(np.rint(image.astype(np.float64) * std + mean), 0, 255).astype(np.uint8)
-
-
 def save_triptych(path, image, label, pred, palette) -> np.ndarray:
   """Writes one PNG: input image, coloured ground truth, coloured prediction, left to right.
 
@@ -109,7 +92,7 @@ def save_triptych(path, image, label, pred, palette) -> np.ndarray:
   Returns:
     The written image, uint8 ``(H, 3 W, 3)``.
   """
-  rgb = unnormalize(image)
+  rgb = _transforms.unnormalize(image)
   label, pred = np.asarray(label), np.asarray(pred)
   if rgb.ndim != 3 or rgb.shape[-1] != 3:
     raise ValueError(f'image must be (H, W, 3), got shape {rgb.shape}')
