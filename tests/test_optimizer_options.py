@@ -26,19 +26,10 @@ import pytest
 from configs import seg_cityscapes
 from fna_jax.train import adapt, optim, search, search_loop
 
+from test_optimizers import _run  # updates of a chain over a gradient sequence
+
 RTOL = 1e-5
 ADAM_RTOL = 4e-5  # float32 bias correction 1 - 0.999^t: see the module docstring
-
-
-def _run(tx, params, grads_seq):
-  """Updates of ``tx`` for the gradients ``grads_seq`` (params updated in between)."""
-  state = tx.init(params)
-  out = []
-  for g in grads_seq:
-    upd, state = tx.update(g, state, params)
-    params = optax.apply_updates(params, upd)
-    out.append(jax.tree.map(np.asarray, upd))
-  return out
 
 
 def _tiny_params(seed=3):

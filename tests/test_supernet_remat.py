@@ -9,29 +9,20 @@ import pytest
 
 from configs import demo
 from fna_jax import build
-from fna_jax.arch import Stem
 from fna_jax.bench.compiles import CompileEvents
 from fna_jax.models import supernet as sn
 from fna_jax.models.init import init_variables, variable_shapes
 from fna_jax.runtime import mesh as mesh_lib
-from fna_jax.spaces import SearchSpace, SpaceStage
 from fna_jax.tasks import seg
 from fna_jax.tasks.seg.heads import DeepLabV3Head
 from fna_jax.tasks.seg.network import SegmentationNet
 from fna_jax.train import search
 
-OPS = ('k3_e3', 'k5_e6')
+from test_supernet import OPS, tiny_space  # the tiny space those tests search
+
 SIZE = 32
 # Paths over the 5 searched layers (candidates 2, 3, 2, 3, 3): every op of every layer, skips.
 PATHS = ([0, 0, 0, 0, 0], [1, 2, 1, 2, 1], [1, 1, 0, 2, 2])
-
-
-def tiny_space():
-  return SearchSpace('mbconv', Stem(8, 3, 2), (
-      SpaceStage(8, 8, (('k3_e1',),)),
-      SpaceStage(8, 12, (OPS, OPS + ('skip',)), stride=2),
-      SpaceStage(12, 16, (OPS, OPS + ('skip',), OPS + ('skip',)), stride=2),
-  ), name='tiny')
 
 
 def tiny_seg(space, remat):
