@@ -53,6 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
       remap_strategy='fna',
       epochs=80, warmup_epochs=30, batch_size=16, lam=5e-3, alpha_init_scale=1e-3,
       w_lr=0.02, w_lr_start=1e-4, w_lr_end=1e-3, w_lr_warmup_epochs=5, w_momentum=0.9,
+      w_lr_warmup_steps=0,                  # > 0: the lr warm-up in iterations instead of epochs
       w_weight_decay=5e-4, a_lr=1e-3, a_weight_decay=4e-5,
       # The weights' optimiser: 'sgd' (momentum w_momentum; the paper's Sec. 4.1.1) or 'adam'
       # (torch's Adam, betas (0.9, 0.999); the pose recipe's SimpleBaseline weights, Sec. 4.3.1);

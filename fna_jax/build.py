@@ -32,6 +32,9 @@ from fna_jax.models.supernet import Supernet
 from fna_jax.runtime import checkpoint, checks, loop
 from fna_jax.runtime import mesh as mesh_lib
 from fna_jax.tasks.base import Task
+from fna_jax.tasks.det import DetectionTask, RetinaNetHead
+from fna_jax.tasks.det.coco import COCOSource
+from fna_jax.tasks.det.demo_data import DemoDetection
 from fna_jax.tasks.pose import PoseTask, SimpleBaselineHead
 from fna_jax.tasks.pose.demo_data import DemoPose
 from fna_jax.tasks.pose.mpii import MPIISource
@@ -62,6 +65,16 @@ def _demo_pose(config, split: str):
 
 def _mpii(config, split: str):
   return MPIISource('train' if split == 'train' else 'valid', config.data.data_dir or None)
+
+
+def _demo_detection(config, split: str):
+  d = config.data
+  return DemoDetection(split, d.num_train if split == 'train' else d.num_val, d.image_size,
+                       seed=d.data_seed)
+
+
+def _coco(config, split: str):
+  return COCOSource('train' if split == 'train' else 'val', config.data.data_dir or None)
 
 
 def deeplab_rates(rates, output_stride: int) -> tuple[int, ...]:
@@ -100,10 +113,22 @@ def _simple_baseline(config, conv, output_stride):
                             num_deconv=h.num_deconv, kernel=h.kernel, conv=conv)
 
 
-TASKS: dict[str, Callable[[Any], Task]] = {'seg': SegmentationTask, 'pose': PoseTask}
+def _retinanet(config, conv, output_stride):
+  """RetinaNet's FPN + heads (paper Sec. 4.2.1) for ``data.num_classes`` classes on the body
+  features ``head.in_features``; 9 anchors per position (3 scales x 3 ratios)."""
+  del output_stride  # the FPN reads stages at strides 8, 16 and 32 whatever the body's last
+  h = config.head
+  return RetinaNetHead(num_classes=config.data.num_classes, channels=h.channels,
+                       num_convs=h.num_convs,
+                       num_anchors=h.scales_per_octave * len(h.ratios),
+                       in_features=tuple(h.in_features), conv=conv)
+
+
+TASKS: dict[str, Callable[[Any], Task]] = {'seg': SegmentationTask, 'pose': PoseTask,
+                                           'det': DetectionTask}
 DATASETS: dict[str, Callable[[Any, str], Any]] = {
     'demo': _demo_segmentation, 'cityscapes': _cityscapes, 'pose_demo': _demo_pose,
-    'mpii': _mpii}
+    'mpii': _mpii, 'det_demo': _demo_detection, 'coco': _coco}
 def _deeplab_plus_kwargs(config, conv, output_stride):
   return dict(_deeplab_kwargs(config, conv, output_stride), low_level=config.head.low_level,
               align_corners=config.head.get('align_corners', True))
@@ -118,7 +143,9 @@ HEADS: dict[str, Callable[[Any, Any, int], Any]] = {
     'deeplabv3+_light': lambda config, conv, os_: DeepLabV3PlusHead(
         **_deeplab_plus_kwargs(config, conv, os_), separable=True),
     # SimpleBaseline's deconvolution head (pose, paper Sec. 4.3).
-    'simple_baseline': _simple_baseline}
+    'simple_baseline': _simple_baseline,
+    # RetinaNet's FPN and heads (detection, paper Sec. 4.2).
+    'retinanet': _retinanet}
 SPACES: dict[str, Callable[[Any], spaces.SearchSpace]] = {'mobilenet_v2': _mobilenet_v2_space}
 
 
@@ -250,7 +277,7 @@ def seed(config, mesh_, log=print) -> tuple[arch_lib.Arch, dict]:
 
 
 # --------------------------------------------------------------------------- saved networks
-# ``config.data`` keys that fix a head's outputs (segmentation classes, pose joints).
+# ``config.data`` keys that fix a head's outputs (segmentation/detection classes, pose joints).
 OUTPUT_KEYS = ('num_classes', 'num_joints')
 
 

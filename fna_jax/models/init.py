@@ -16,9 +16,11 @@ initialiser uses:
 * ``bias``: 0; BatchNorm ``scale`` 1, running ``mean`` 0 and ``var`` 1 (the release: BN weight 1,
   bias 0, conv biases zeroed).
 
-* kernels a task registered a rule for (:func:`register_normal_init`): normal with that rule's
-  std, whatever ``conv_init`` (e.g. the pose head's transposed convs and final conv, std 0.001
-  as SimpleBaseline initialises them).
+* leaves a task registered a rule for, whatever ``conv_init``: :func:`register_normal_init`
+  draws kernels from normal with that rule's std (e.g. the pose head's transposed convs and final
+  conv, std 0.001 as SimpleBaseline initialises them); :func:`register_leaf_init` draws any leaf
+  (kernel or bias) with its own function (e.g. RetinaNet's xavier-uniform FPN convs and the
+  classifier's prior bias).
 
 ``random_like(..., backbone_conv_init=...)`` applies another scheme to the conv kernels under a
 ``backbone`` key only (the random rows of the paper's Tab. 13 initialise the backbone as the
@@ -31,6 +33,7 @@ tens of seconds for a supernet; numpy takes a fraction of one).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -42,33 +45,48 @@ CONV_INITS = ('kaiming', 'normal')
 NORMAL_STD = 0.01  # the release's torch.nn.init.normal_(m.weight, 0, 0.01)
 
 
-# (match, std): a ``kernel`` leaf whose path keys (e.g. ``('params', 'head', 'deconv0',
-# 'kernel')``) ``match`` accepts is drawn from normal(0, std^2); checked before the defaults.
-_NORMAL_RULES: list[tuple[Callable[[tuple[str, ...]], bool], float]] = []
+# (match, draw): a leaf whose path keys (e.g. ``('params', 'head', 'deconv0', 'kernel')``)
+# ``match`` accepts is ``draw(shape, dtype, rng)``; checked in order, before the defaults.
+_LEAF_RULES: list[tuple[Callable[[tuple[str, ...]], bool], Callable]] = []
+
+
+def register_leaf_init(match: Callable[[tuple[str, ...]], bool],
+                       draw: Callable[[tuple[int, ...], Any, np.random.Generator], np.ndarray]
+                       ) -> None:
+  """Leaves whose path keys ``match`` accepts are ``draw(shape, dtype, rng)`` in
+  :func:`random_like` (a head's own initialisation; registered once, at import)."""
+  if (match, draw) not in _LEAF_RULES:
+    _LEAF_RULES.append((match, draw))
+
+
+_NORMAL_RULES: dict[tuple[Callable, float], tuple[Callable, Callable]] = {}
 
 
 def register_normal_init(match: Callable[[tuple[str, ...]], bool], std: float) -> None:
   """Kernels whose path keys ``match`` accepts are drawn from normal(0, ``std``^2) by
   :func:`random_like` (a head's own initialisation; registered once, at import)."""
   if (match, std) not in _NORMAL_RULES:
-    _NORMAL_RULES.append((match, std))
+    _NORMAL_RULES[match, std] = (
+        lambda keys: keys[-1] == 'kernel' and match(keys),
+        lambda shape, dtype, rng: (std * rng.standard_normal(shape)).astype(dtype))
+    register_leaf_init(*_NORMAL_RULES[match, std])
 
 
-def _rule_std(path) -> float | None:
+def _rule(path) -> Callable | None:
   keys = tuple(str(getattr(k, 'key', k)) for k in path)
-  for match, std in _NORMAL_RULES:
+  for match, draw in _LEAF_RULES:
     if match(keys):
-      return std
+      return draw
   return None
 
 
 def _init_leaf(path, shape_dtype, rng: np.random.Generator, conv_init: str) -> np.ndarray:
   name = path[-1].key
   shape, dtype = tuple(shape_dtype.shape), shape_dtype.dtype
-  rule_std = _rule_std(path) if name == 'kernel' else None
-  if rule_std is not None:
-    std = rule_std
-  elif name == 'kernel' and len(shape) == 4:
+  draw = _rule(path)
+  if draw is not None:
+    return np.asarray(draw(shape, dtype, rng), dtype)
+  if name == 'kernel' and len(shape) == 4:
     kh, kw, _, c_out = shape
     std = (2.0 / (kh * kw * c_out)) ** 0.5 if conv_init == 'kaiming' else NORMAL_STD
   elif name == 'kernel' and len(shape) == 2:

@@ -103,11 +103,14 @@ def schedule_from_config(sc, steps_per_epoch: int) -> search.Schedule:
   """The search's step counts from the epochs of ``config.search`` (``sc``): all weight steps,
   the warm-up with uniform paths (every step for the random search), the lr warm-up, and the
   ``'multistep'`` lr milestones ``w_lr_steps`` (epochs) as steps: epoch ``e`` -> step
-  ``e * steps_per_epoch``, the first step of the (0-based) epoch ``e``."""
+  ``e * steps_per_epoch``, the first step of the (0-based) epoch ``e``.  The lr warm-up is
+  ``w_lr_warmup_steps`` iterations when that is set (> 0; the detection recipe's 500, paper
+  Sec. 4.2.1), else ``w_lr_warmup_epochs`` epochs."""
   total = sc.epochs * steps_per_epoch
   warmup = (sc.epochs if sc.method == 'random' else sc.warmup_epochs) * steps_per_epoch
   milestones = tuple(int(round(e * steps_per_epoch)) for e in sc.w_lr_steps)
-  return search.Schedule(total, warmup, sc.w_lr_warmup_epochs * steps_per_epoch, milestones)
+  lr_warmup = int(sc.get('w_lr_warmup_steps', 0)) or sc.w_lr_warmup_epochs * steps_per_epoch
+  return search.Schedule(total, warmup, lr_warmup, milestones)
 
 
 def derived_cost(space, choices, config) -> cost_lib.Cost:
