@@ -80,15 +80,22 @@ def _gt_json(split):
           'annotations': [a for a, _ in anns], 'categories': _categories()}
 
 
-def _make_zips(zip_dir, skip_entry=None, categories=None):
-  """The three official zips in miniature; returns {file name in zip: JPEG bytes}."""
+def _make_zips(zip_dir, skip_entry=None, categories=None, wrong_width=None, exif_rotate=None):
+  """The three official zips in miniature; returns {file name in zip: JPEG bytes}.
+
+  ``wrong_width``: an image id whose width the annotation file overstates by one;
+  ``exif_rotate``: an image id saved with EXIF orientation 6 (rotate 90 degrees on display).
+  """
   os.makedirs(zip_dir, exist_ok=True)
   jpegs = {}
   for split, folder in (('train', 'train2017'), ('val', 'val2017')):
     with zipfile.ZipFile(os.path.join(zip_dir, f'{folder}.zip'), 'w') as z:
       for i, w, h, gray in SPLIT_DATA[split][0]:
         buf = io.BytesIO()
-        Image.fromarray(_pixels(h, w, gray)).save(buf, format='JPEG', quality=95)
+        exif = Image.Exif()
+        if i == exif_rotate:
+          exif[0x0112] = 6
+        Image.fromarray(_pixels(h, w, gray)).save(buf, format='JPEG', quality=95, exif=exif)
         name = f'{folder}/{i:012d}.jpg'
         jpegs[name] = buf.getvalue()
         if name != skip_entry:
@@ -99,6 +106,9 @@ def _make_zips(zip_dir, skip_entry=None, categories=None):
       gt = _gt_json(split)
       if categories is not None:
         gt['categories'] = categories
+      for im in gt['images']:
+        if im['id'] == wrong_width:
+          im['width'] += 1
       z.writestr(f'annotations/instances_{split}2017.json', json.dumps(gt))
     z.writestr('annotations/captions_val2017.json', '{}')
   return jpegs
@@ -337,6 +347,15 @@ def test_rerun_resumes_and_a_finished_dir_says_so(prepared, tmp_path):
   assert '[coco val] already prepared' in text and 'nothing to do' in text
   assert os.stat(first).st_mtime_ns == first_stat.st_mtime_ns  # not rewritten
   assert not os.path.exists(last + '.tmp')
+  # A shard that does not hold the expected images (same count, other images) is rewritten.
+  os.remove(os.path.join(data_dir, coco.done_name('train')))
+  shutil.copy(os.path.join(prepared['data_dir'], 'coco2017-val.array_record-00000-of-00001'),
+              first)
+  log = io.StringIO()
+  coco.prepare(prepared['zip_dir'], data_dir, images_per_shard=2, out=log)
+  assert 'shard 1/2 already written' not in log.getvalue()
+  assert 'shard 2/2 already written, kept' in log.getvalue()
+  first_stat = os.stat(first)
   src, ref = coco.COCOSource('train', data_dir), coco.COCOSource('train', prepared['data_dir'])
   for k in range(len(ref)):
     assert _same(src.record(k), ref.record(k))
@@ -383,3 +402,18 @@ def test_cli(prepared, tmp_path, capsys):
                         check=False)
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.startswith('val: 2 images')
+
+
+def test_size_mismatch_and_exif_rotation_are_reported(tmp_path, capsys):
+  _make_zips(tmp_path / 'z', wrong_width=4999, exif_rotate=5001)
+  log = io.StringIO()
+  meta = coco.prepare(tmp_path / 'z', tmp_path / 'd', splits=['val'], out=log)
+  assert ('[coco val] WARNING: val2017/000000004999.jpg is 28x28 but the annotation file says '
+          '29x28') in log.getvalue()
+  assert meta['val']['size_mismatches'] == [4999] and meta['val']['exif_rotated'] == [5001]
+  assert coco.check(tmp_path / 'd', ['val'])
+  out = capsys.readouterr().out
+  assert '1 images differ in size from the annotations (ids [4999])' in out
+  assert '1 JPEGs carry an EXIF rotation, not applied (ids [5001])' in out
+  src = coco.COCOSource('val', tmp_path / 'd')
+  assert src[0]['image'].shape == (24, 32, 3)  # stored pixels, not rotated

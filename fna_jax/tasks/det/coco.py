@@ -42,7 +42,9 @@ label ``CATEGORY_IDS.index(category_id)`` (0..79; v1 uses 1..80 with 0 as backgr
 sigmoid classifier has no background class).  Images keep the annotation file's order, and
 images without annotations are kept: :meth:`COCOSource.num_boxes` says which have boxes (v1
 trains only on images with at least one box: ``_filter_imgs`` drops images without annotations
-and ``prepare_train_img`` skips those whose boxes were all dropped or crowd).
+and ``mmdet/datasets/custom.py``'s ``prepare_train_img`` skips those whose boxes were all dropped
+or crowd; ``_filter_imgs(min_size=32)`` also drops training images under 32 pixels on a side,
+which :attr:`COCOSource.image_hw` allows to repeat).
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ VAL_JSON = 'instances_val2017.json'  # the copy kept in data_dir for COCOeval
 IMAGES_PER_SHARD = 4096
 FORMAT_VERSION = 1
 PREFIX = 'coco2017'
+_EXIF_ORIENTATION = 0x0112
 
 # The 80 COCO 2017 detection categories in category-id order (the `name`s of the `categories`
 # of instances_*2017.json); the contiguous label of CATEGORY_IDS[k] is k.
@@ -232,7 +235,12 @@ def decode_record(data: bytes) -> dict[str, Any]:
 
 
 def decode_jpeg(data: bytes) -> np.ndarray:
-  """JPEG bytes -> uint8 (H, W, 3) RGB (grayscale and CMYK files converted by PIL)."""
+  """JPEG bytes -> uint8 (H, W, 3) RGB (grayscale and CMYK files converted by PIL).
+
+  The pixels are taken as stored: an EXIF orientation tag is not applied (the annotation file's
+  width and height describe the stored pixels; preparation lists such images in
+  ``done.json``'s ``exif_rotated``).
+  """
   with Image.open(io.BytesIO(data)) as im:
     return np.asarray(im.convert('RGB'))
 
@@ -306,7 +314,8 @@ class COCOSource:
   NUM_CLASSES = NUM_CLASSES
 
   def __init__(self, split: str, data_dir: str | os.PathLike[str] | None = None):
-    from array_record.python.array_record_data_source import ArrayRecordDataSource  # pylint: disable=g-import-not-at-top
+    # array_record comes with grain; imported here so that the constants need no extras.
+    from array_record.python import array_record_data_source  # pylint: disable=g-import-not-at-top
     self.split = canonical_split(split)
     self.data_dir = (os.path.expanduser(os.fspath(data_dir)) if data_dir
                      else default_data_dir())
@@ -314,7 +323,7 @@ class COCOSource:
     with np.load(os.path.join(self.data_dir, index_name(self.split)), allow_pickle=False) as z:
       self._index = {k: z[k] for k in z.files}
     paths = [os.path.join(self.data_dir, n) for n in self.meta['shards']]
-    self._records = ArrayRecordDataSource(paths)
+    self._records = array_record_data_source.ArrayRecordDataSource(paths)
     if len(self._records) != len(self._index['image_ids']):
       raise DatasetNotPreparedError(
           f'{self.data_dir}: the {self.split} shards hold {len(self._records)} records, the '
@@ -414,7 +423,7 @@ def _write_atomic(path: str, write) -> None:
 
 def _prepare_split(split: str, zip_dir: str, data_dir: str, ann_zip: zipfile.ZipFile,
                    images_per_shard: int, progress_every: int, out: TextIO) -> dict[str, Any]:
-  from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter  # pylint: disable=g-import-not-at-top
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   ann_zip_path = os.path.join(zip_dir, ANNOTATIONS_ZIP)
   images_zip_path = os.path.join(zip_dir, IMAGES_ZIP[split])
   print(f'[coco {split}] reading {ANNOTATION_JSON[split]} from {ann_zip_path}', file=out,
@@ -428,21 +437,24 @@ def _prepare_split(split: str, zip_dir: str, data_dir: str, ann_zip: zipfile.Zip
   parsed = [parse_annotations(anns_of[int(im['id'])]) for im in images]
   names = shard_names(split, n, images_per_shard)
   folder = os.path.splitext(IMAGES_ZIP[split])[0]  # 'train2017' / 'val2017'
-  t0, done_images, written, mismatches = time.time(), 0, 0, []
+  t0, done_images, written, mismatches, exif_rotated = time.time(), 0, 0, [], []
   with zipfile.ZipFile(images_zip_path) as zimg:
     for k, name in enumerate(names):
       lo, hi = k * images_per_shard, min(n, (k + 1) * images_per_shard)
       path = os.path.join(data_dir, name)
-      if os.path.isfile(path):
-        reader = ArrayRecordReader(path)
+      if os.path.isfile(path):  # a shard an interrupted run finished: keep it if it fits
+        reader = array_record_module.ArrayRecordReader(path)
         count = reader.num_records()
+        ends = ([decode_record(r)['image_id'] for r in reader.read([0, count - 1])]
+                if count == hi - lo else None)
         reader.close()
-        if count == hi - lo:
+        if ends == [int(images[lo]['id']), int(images[hi - 1]['id'])]:
           done_images += hi - lo
           print(f'[coco {split}] shard {k + 1}/{len(names)} already written, kept', file=out,
                 flush=True)
           continue
-      writer = ArrayRecordWriter(path + '.tmp', 'group_size:1,uncompressed')
+      # group_size:1 for fast random access (what grain wants); JPEGs do not compress.
+      writer = array_record_module.ArrayRecordWriter(path + '.tmp', 'group_size:1,uncompressed')
       try:
         for i in range(lo, hi):
           im, p = images[i], parsed[i]
@@ -459,6 +471,8 @@ def _prepare_split(split: str, zip_dir: str, data_dir: str, ann_zip: zipfile.Zip
               mismatches.append(int(im['id']))
               print(f'[coco {split}] WARNING: {entry} is {pim.size[0]}x{pim.size[1]} but the '
                     f'annotation file says {im["width"]}x{im["height"]}', file=out, flush=True)
+            if pim.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+              exif_rotated.append(int(im['id']))
           writer.write(encode_record({
               'image_id': int(im['id']), 'file_name': str(im['file_name']),
               'height': int(im['height']), 'width': int(im['width']), 'jpeg': jpeg,
@@ -507,13 +521,14 @@ def _prepare_split(split: str, zip_dir: str, data_dir: str, ann_zip: zipfile.Zip
         while chunk := src.read(1 << 20):
           dst.write(chunk)
     _write_atomic(os.path.join(data_dir, VAL_JSON), copy_json)
+  # size_mismatches / exif_rotated: image ids, from the shards this run wrote (not kept ones).
   meta = {'format_version': FORMAT_VERSION, 'split': split, 'num_images': n,
           'shards': names, 'images_per_shard': images_per_shard,
           'num_boxes': int(index['num_boxes'].sum()),
           'num_crowd_boxes': int(index['num_crowd'].sum()),
           'num_dropped_annotations': int(sum(int((~p['kept']).sum()) for p in parsed)),
           'num_images_with_boxes': int((index['num_boxes'] > 0).sum()),
-          'size_mismatches': mismatches,
+          'size_mismatches': mismatches, 'exif_rotated': exif_rotated,
           'zips': [images_zip_path, ann_zip_path]}
 
   def save_meta(tmp):
@@ -608,7 +623,11 @@ def check(data_dir: str | os.PathLike[str] | None = None, splits: Sequence[str] 
       line += (f'; example 0: image id {ex["image_id"]}, image {ex["image"].shape}, '
                f'{len(ex["boxes"])} boxes')
     if src.meta['size_mismatches']:
-      line += f'; {len(src.meta["size_mismatches"])} images differ in size from the annotations'
+      line += (f'; {len(src.meta["size_mismatches"])} images differ in size from the '
+               f'annotations (ids {src.meta["size_mismatches"][:5]})')
+    if src.meta['exif_rotated']:
+      line += (f'; {len(src.meta["exif_rotated"])} JPEGs carry an EXIF rotation, not applied '
+               f'(ids {src.meta["exif_rotated"][:5]})')
     print(line, file=out)
   return ok
 
