@@ -1,0 +1,1 @@
+"""Object detection (paper Sec. 4.2): RetinaNet on COCO."""
