@@ -70,6 +70,50 @@ def test_demo_boxes_are_the_visible_extent_and_hidden_objects_are_dropped(size):
   assert checked > 60 and dropped > 0  # both branches were exercised
 
 
+def _chord_offset(fraction: float) -> float:
+  """Signed offset d (in radii) of a vertical chord leaving ``fraction`` of a unit disc on its
+  left: area left of x = d is acos(-d) + d sqrt(1 - d^2), over pi; solved by bisection."""
+  lo, hi = -1.0, 1.0
+  for _ in range(60):
+    d = 0.5 * (lo + hi)
+    if (math.acos(-d) + d * math.sqrt(1 - d * d)) / math.pi < fraction:
+      lo = d
+    else:
+      hi = d
+  return 0.5 * (lo + hi)
+
+
+@pytest.mark.parametrize('how', ['occluded', 'border'])
+@pytest.mark.parametrize('fraction', [0.36, 0.44])
+def test_demo_drops_objects_less_than_40_percent_visible(how, fraction):
+  """A disc (r = 20) cut by a vertical line, behind a square or at the image's left border; the
+  visible share is the circular segment's area (closed form above)."""
+  size, r, cy = 96, 20.0, 48.0
+  d = _chord_offset(fraction) * r  # the disc is visible left of cx + d
+  if how == 'occluded':
+    cx = 40.0
+    edge = cx + d
+    # A square (half side 0.8 R = 40, unrotated) whose left edge is at ``edge``, drawn on top.
+    objects = [{'cls': 1, 'cy': cy, 'cx': cx, 'r': r, 'theta': 0.0},
+               {'cls': 2, 'cy': cy, 'cx': edge + 40.0, 'r': 50.0, 'theta': 0.0}]
+    want = [cx - r, cy - r, edge - 1, cy + r - 1]
+  else:
+    # By symmetry the share right of the chord at -d is ``fraction`` too: with the centre at
+    # x = d the image (x >= 0) shows that share.
+    cx = d
+    objects = [{'cls': 1, 'cy': cy, 'cx': cx, 'r': r, 'theta': 0.0}]
+    want = [0, cy - r, cx + r - 1, cy + r - 1]
+  ann = D.annotate(objects, size)
+  kept = 0 in list(ann['object_index'])
+  assert kept == (fraction >= D.MIN_VISIBLE)
+  if kept:
+    k = list(ann['object_index']).index(0)
+    assert ann['visible'][k] == pytest.approx(fraction, abs=0.01)  # anti-aliasing: ~1 px ring
+    # Box: rows of the whole disc, columns of the visible part (pixel j spans [j, j + 1): the
+    # last column left of a cut at x is x - 1, +-1 px where an outline cuts a pixel).
+    np.testing.assert_allclose(ann['boxes'][k], want, atol=1.0)
+
+
 def test_demo_area_factors_are_the_shapes_areas():
   """The closed-form areas (visible fractions divide by them) match the rasterised shapes."""
   size = 96
@@ -348,7 +392,7 @@ def test_det_pipeline_on_the_demo_keeps_boxes_inside_the_image():
 
 
 def test_det_eval_pipeline_fields_order_and_padding():
-  sizes = [(30, 45), (40, 30), (25, 25), (30, 45), (36, 48)]
+  sizes = [(30, 45), (40, 30), (25, 25), (33, 50), (36, 48)]  # 50 * 40/33 = 60.6 rounds up
   src = BoxSource(sizes, [_BOXES] * 5)
   kw = dict(batch_size=2, canvas=(64, 64), scale=(40, 64))
   batches = list(iter(P.make_det_eval_pipeline(src, shard_by_process=False, **kw)))
