@@ -141,29 +141,64 @@ def background(rng: np.random.Generator, size: int, yy: np.ndarray,
   return field
 
 
-def draw_shape(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator, cls: int,
-                cy: float, cx: float, r: float, yy: np.ndarray, xx: np.ndarray) -> None:
-  """Draws one shape in place on ``image`` (float32 (S,S,3)) and ``label`` (uint8 (S,S)).
-
-  Only the shape's bounding box (every outline lies within 1.2 r of the centre) is touched.
-  """
-  size = image.shape[0]
-  cy, cx, r = float(cy), float(cx), float(r)  # python floats keep the arrays float32
-  theta = float(rng.uniform(0, 2 * np.pi))
-  hue = ((cls - 1) / NUM_SHAPE_CLASSES + rng.uniform(-0.25, 0.25)) % 1.0
-  colour = np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.35, 0.95), rng.uniform(0.45, 0.95)),
-                    np.float32) * 255
-  contrast = rng.uniform(0.25, 0.5)
+def _shape_patch(cls: int, cy: float, cx: float, r: float, theta: float, yy: np.ndarray,
+                 xx: np.ndarray):
+  """The window ``(y0, x0)`` around a shape and, in it, its coverage and local coordinates."""
+  size = yy.shape[0]
   ext = 1.2 * r + 2
   y0, y1 = max(int(cy - ext), 0), min(int(np.ceil(cy + ext)), size)
   x0, x1 = max(int(cx - ext), 0), min(int(np.ceil(cx + ext)), size)
   if y0 >= y1 or x0 >= x1:
-    return
+    return None
   c, s = math.cos(theta), math.sin(theta)
   dy0, dx0 = yy[y0:y1, x0:x1] - cy, xx[y0:y1, x0:x1] - cx
   u = c * dx0 + s * dy0
   v = -s * dx0 + c * dy0
-  cov = np.clip(0.5 - _sdf(cls, u, v, r), 0.0, 1.0)[:, :, None]
+  cov = np.clip(0.5 - _sdf(cls, u, v, r), 0.0, 1.0)
+  return y0, x0, cov, u, v
+
+
+def shape_coverage(cls: int, cy: float, cx: float, r: float, theta: float, yy: np.ndarray,
+                   xx: np.ndarray) -> tuple[int, int, np.ndarray] | None:
+  """Anti-aliased coverage of one shape, as :func:`draw_shape` paints it (no randomness).
+
+  Args:
+    cls: shape class 1..5.
+    cy, cx, r: centre and radius, pixels.
+    theta: rotation, radians.
+    yy, xx: the pixel-centre grid of :func:`grid`.
+
+  Returns:
+    ``(y0, x0, cov)``: ``cov`` float32 in [0, 1] on the image window whose top-left pixel is
+    ``(y0, x0)`` (every outline lies within 1.2 r of the centre); None when the window misses
+    the image.
+  """
+  patch = _shape_patch(cls, float(cy), float(cx), float(r), float(theta), yy, xx)
+  return None if patch is None else patch[:3]
+
+
+def draw_shape(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator, cls: int,
+                cy: float, cx: float, r: float, yy: np.ndarray, xx: np.ndarray,
+                theta: float | None = None) -> None:
+  """Draws one shape in place on ``image`` (float32 (S,S,3)) and ``label`` (uint8 (S,S)).
+
+  Only the shape's bounding box (every outline lies within 1.2 r of the centre) is touched.
+  ``theta`` (radians) fixes the rotation; None draws it from ``rng`` (first draw).
+  """
+  size = image.shape[0]
+  cy, cx, r = float(cy), float(cx), float(r)  # python floats keep the arrays float32
+  if theta is None:
+    theta = float(rng.uniform(0, 2 * np.pi))
+  hue = ((cls - 1) / NUM_SHAPE_CLASSES + rng.uniform(-0.25, 0.25)) % 1.0
+  colour = np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.35, 0.95), rng.uniform(0.45, 0.95)),
+                    np.float32) * 255
+  contrast = rng.uniform(0.25, 0.5)
+  patch = _shape_patch(cls, cy, cx, r, float(theta), yy, xx)
+  if patch is None:
+    return
+  y0, x0, cov, u, v = patch
+  y1, x1 = y0 + cov.shape[0], x0 + cov.shape[1]
+  cov = cov[:, :, None]
   tex = _texture(cls, u, v, rng, size / 64)
   noise = rng.standard_normal(size=(y1 - y0, x1 - x0, 1), dtype=np.float32) * 6.0
   fill = colour * (1 + contrast * tex[:, :, None]) + noise

@@ -1,0 +1,254 @@
+"""grain pipelines of detection examples: MMDetection v1's RetinaNet data on a fixed canvas.
+
+Built on :mod:`fna_jax.data.pipeline` (determinism, resume with ``get_state``/``set_state``,
+per-process sharding, workers: see there).  Per example, as MMDetection v1's ``CustomDataset``
+(``mmdet/datasets/custom.py``, ``transforms.py``) with ``keep_ratio=True`` (paper Sec. 4.2.1:
+RetinaNet trained and tested at short side 800, long side at most 1333):
+
+* keep-ratio rescale (mmcv's ``imrescale``): factor ``sf = min(long_max / max(h, w),
+  short / min(h, w))``, new size ``int(h * sf + 0.5) x int(w * sf + 0.5)`` (PIL bilinear,
+  antialiased when shrinking, where v1 uses OpenCV's bilinear); boxes multiplied by ``sf`` and
+  clipped to ``[0, w' - 1] x [0, h' - 1]`` (v1 ``BboxTransform``);
+* training only: horizontal flip with probability 1/2 (v1 ``bbox_flip``:
+  ``x1' = w' - x2 - 1``, ``x2' = w' - x1 - 1``);
+* ImageNet normalisation (:func:`fna_jax.data.transforms.normalize`), then zero padding at the
+  bottom and right.
+
+Static shapes.  v1 pads each batch to a multiple of 32 of its largest image; a jitted step needs
+one shape, so every image is padded to a fixed ``canvas = (H, W)`` instead, and the factor is
+additionally capped at ``min(H / h, W / w)`` so that the rescaled image fits (for COCO at
+(800, 1333) a canvas of (1344, 1344) never caps; the demo uses its image size).  Boxes are in
+v1's pixel convention (inclusive right/bottom edges) and padded (or truncated, first
+``max_boxes``) to ``max_boxes`` rows: padding rows have box 0 and label -1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+
+from fna_jax.data import pipeline
+from fna_jax.data import transforms as T
+
+PAD_LABEL = -1  # label of the padding rows of 'boxes' / 'labels'
+
+
+def rescale_factor(hw: tuple[int, int], scale: tuple[int, int],
+                   canvas: tuple[int, int]) -> float:
+  """mmcv ``imrescale``'s factor for ``scale = (short, long_max)``, capped to fit ``canvas``."""
+  h, w = int(hw[0]), int(hw[1])
+  short, long_max = scale
+  sf = min(long_max / max(h, w), short / min(h, w))
+  return float(min(sf, canvas[0] / h, canvas[1] / w))
+
+
+def rescale(image: np.ndarray, boxes: np.ndarray, scale: tuple[int, int],
+            canvas: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, float]:
+  """Keep-ratio rescale of an image and its boxes (module docstring).
+
+  Args:
+    image: uint8 (h, w, 3).
+    boxes: (n, 4) v1 xyxy in pixels of ``image``.
+    scale: (short, long_max) of the rescaled image.
+    canvas: (H, W) the rescaled image must fit in.
+
+  Returns:
+    (image uint8 (h', w', 3), boxes float32 (n, 4) scaled and clipped, factor).
+  """
+  h, w = image.shape[:2]
+  sf = rescale_factor((h, w), scale, canvas)
+  new_hw = (int(h * sf + 0.5), int(w * sf + 0.5))
+  image, _ = T.resize(image, None, new_hw)
+  boxes = np.asarray(boxes, np.float32).reshape(-1, 4) * np.float32(sf)
+  boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, new_hw[1] - 1)
+  boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, new_hw[0] - 1)
+  return image, boxes, sf
+
+
+def flip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
+  """MMDetection v1 ``bbox_flip``: ``x1' = width - x2 - 1``, ``x2' = width - x1 - 1``."""
+  boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+  out = boxes.copy()
+  out[:, 0] = width - boxes[:, 2] - 1
+  out[:, 2] = width - boxes[:, 0] - 1
+  return out
+
+
+def pad_boxes(boxes: np.ndarray, labels: np.ndarray,
+              max_boxes: int) -> tuple[np.ndarray, np.ndarray]:
+  """The first ``max_boxes`` boxes / labels, padded with zero boxes labelled -1."""
+  n = min(len(labels), max_boxes)
+  out_boxes = np.zeros((max_boxes, 4), np.float32)
+  out_labels = np.full((max_boxes,), PAD_LABEL, np.int32)
+  out_boxes[:n] = np.asarray(boxes, np.float32).reshape(-1, 4)[:n]
+  out_labels[:n] = np.asarray(labels, np.int32)[:n]
+  return out_boxes, out_labels
+
+
+def _canvas_image(image: np.ndarray, canvas: tuple[int, int]) -> np.ndarray:
+  """normalize, then pad bottom/right with 0 to the canvas (v1 pads the normalised image)."""
+  out, _ = T.pad_to(T.normalize(image), None, canvas)
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class DetTrainTransform(grain.transforms.RandomMap):
+  """rescale -> random flip -> normalize -> pad to the canvas; boxes padded to ``max_boxes``.
+
+  Attributes:
+    canvas: (H, W) of every output image.
+    scale: (short, long_max) of mmcv's keep-ratio rescale (paper: (800, 1333)).
+    flip: random horizontal flip with probability 1/2.
+    max_boxes: rows of 'boxes' / 'labels'.
+  """
+  canvas: tuple[int, int]
+  scale: tuple[int, int]
+  flip: bool = True
+  max_boxes: int = 100
+
+  def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    image, boxes, _ = rescale(np.asarray(element['image']), element['boxes'], self.scale,
+                              self.canvas)
+    if self.flip and rng.random() < 0.5:
+      image = image[:, ::-1]
+      boxes = flip_boxes(boxes, image.shape[1])
+    boxes, labels = pad_boxes(boxes, element['labels'], self.max_boxes)
+    return {'image': _canvas_image(image, self.canvas), 'boxes': boxes, 'labels': labels}
+
+
+@dataclasses.dataclass(frozen=True)
+class DetEvalTransform(grain.transforms.Map):
+  """rescale -> normalize -> pad to the canvas, with what mapping detections back needs.
+
+  Outputs ``image``, ``image_id`` (-1 for padding), ``scale_factor`` (detections / factor =
+  original pixels, v1 ``rescale=True``), ``image_hw`` (original size), ``input_hw`` (the
+  rescaled image's size in the canvas: v1's ``img_shape``, which it clips decoded boxes to) and
+  ``valid``.
+  """
+  canvas: tuple[int, int]
+  scale: tuple[int, int]
+
+  def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
+    image = np.asarray(element['image'])
+    hw = image.shape[:2]
+    resized, _, sf = rescale(image, np.zeros((0, 4), np.float32), self.scale, self.canvas)
+    valid = bool(element.get('valid', True))
+    return {'image': _canvas_image(resized, self.canvas),
+            'image_id': np.int32(element['image_id'] if valid else -1),
+            'scale_factor': np.float32(sf), 'image_hw': np.asarray(hw, np.int32),
+            'input_hw': np.asarray(resized.shape[:2], np.int32), 'valid': np.bool_(valid)}
+
+
+class EvalIndexedSource(pipeline.IndexedSource):
+  """``source[indices[i]]`` with ``'valid'``; index -1 (padding) is a copy of
+  ``source[pad_from]`` with ``valid`` False."""
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    j = int(self.indices[i])
+    ex = dict(self.source[self.pad_from if j < 0 else j])
+    ex['valid'] = np.bool_(j >= 0)
+    return ex
+
+
+def _pair(size: int | Sequence[int], what: str) -> tuple[int, int]:
+  out = pipeline.pair(size, what)
+  assert out is not None
+  return out
+
+
+def train_indices(source: Any, indices: Sequence[int] | np.ndarray | None,
+                  drop_empty: bool) -> np.ndarray:
+  """``indices`` (default all) without the examples that have no box when ``drop_empty``.
+
+  MMDetection v1's ``CocoDataset._filter_imgs`` trains only on images with annotations; this
+  uses the source's ``num_boxes()`` (non-crowd boxes).
+  """
+  idx = pipeline.base_indices(source, indices)
+  if drop_empty and hasattr(source, 'num_boxes'):
+    idx = idx[np.asarray(source.num_boxes())[idx] > 0]
+  return idx
+
+
+def make_det_pipeline(source: Any, indices: Sequence[int] | np.ndarray | None = None, *,
+                      batch_size: int, seed: int = 0, canvas: int | Sequence[int],
+                      scale: Sequence[int], flip: bool = True, max_boxes: int = 100,
+                      drop_empty: bool = True, shuffle: bool = True,
+                      num_epochs: int | None = None, worker_count: int = 0,
+                      shard_by_process: bool | tuple[int, int] = True, read_threads: int = 4,
+                      prefetch_batches: int = 4) -> grain.IterDataset:
+  """Training pipeline for detection (paper Sec. 4.2.1, MMDetection v1's RetinaNet data).
+
+  Args:
+    source: random-access detection examples ``{'image', 'boxes', 'labels', ...}``
+      (:class:`~fna_jax.tasks.det.demo_data.DemoDetection`, the COCO source).
+    indices: source indices to use (e.g. a half of ``pipeline.split_train_arch``); default all.
+    batch_size: examples per batch on this process.
+    seed: seed of the shuffle and the flips.
+    canvas: (H, W) of the padded images (or one int).
+    scale: (short, long_max) of the keep-ratio rescale (paper: (800, 1333)).
+    flip: random horizontal flips.
+    max_boxes: rows of 'boxes' / 'labels' (extra boxes are dropped, in source order).
+    drop_empty: leave out examples without boxes (``source.num_boxes() == 0``), as v1.
+    shuffle: shuffle the examples (a new order every epoch).
+    num_epochs: passes over the data, None for an endless stream.
+    worker_count, shard_by_process, read_threads, prefetch_batches: as
+      :func:`fna_jax.tasks.seg.pipeline.make_seg_pipeline`.
+
+  Returns:
+    A ``grain.IterDataset`` of ``{'image': float32 (B, H, W, 3), 'boxes': float32 (B, M, 4),
+    'labels': int32 (B, M)}`` (``M = max_boxes``, padding rows label -1 and box 0).
+  """
+  if max_boxes <= 0:
+    raise ValueError(f'max_boxes must be positive, got {max_boxes}')
+  transform = DetTrainTransform(canvas=_pair(canvas, 'canvas'), scale=_pair(scale, 'scale'),
+                                flip=bool(flip), max_boxes=int(max_boxes))
+  idx = train_indices(source, indices, drop_empty)
+  ds = pipeline.train_dataset(source, idx, batch_size, transform, shuffle, seed, num_epochs,
+                              shard_by_process)
+  return pipeline.iter_dataset(ds, worker_count, read_threads, prefetch_batches)
+
+
+def make_det_eval_pipeline(source: Any, *, batch_size: int, canvas: int | Sequence[int],
+                           scale: Sequence[int],
+                           indices: Sequence[int] | np.ndarray | None = None,
+                           worker_count: int = 0,
+                           shard_by_process: bool | tuple[int, int] = True,
+                           read_threads: int = 4, prefetch_batches: int = 4) -> grain.IterDataset:
+  """Evaluation pipeline: every example once, in order, rescaled and padded, full batches.
+
+  The index list is padded to a multiple of ``batch_size * process_count`` with copies of the
+  first example marked ``valid = False`` (``image_id = -1``), so every batch is full and every
+  process yields the same number of batches; the evaluator must skip them.  Each ``iter()``
+  starts from the beginning.
+
+  Args:
+    source: random-access detection examples with ``'image_id'``.
+    batch_size: examples per batch on this process.
+    canvas: (H, W) of the padded images (or one int).
+    scale: (short, long_max) of the keep-ratio rescale.
+    indices: source indices to evaluate; default all.
+    worker_count, shard_by_process, read_threads, prefetch_batches: as
+      :func:`fna_jax.tasks.seg.pipeline.make_seg_pipeline`.
+
+  Returns:
+    A ``grain.IterDataset`` of ``{'image': float32 (B, H, W, 3), 'image_id': int32 (B,),
+    'scale_factor': float32 (B,), 'image_hw': int32 (B, 2) original (height, width),
+    'input_hw': int32 (B, 2) rescaled (height, width) inside the canvas, 'valid': bool (B,)}``.
+  """
+  if batch_size <= 0:
+    raise ValueError(f'batch_size must be positive, got {batch_size}')
+  index, count = pipeline.shard_spec(shard_by_process)
+  idx = pipeline.base_indices(source, indices)
+  if len(idx) == 0:
+    raise ValueError(f'no examples to evaluate in {source!r}')
+  pad_from = int(idx[0])
+  total = -(-len(idx) // (batch_size * count)) * batch_size * count
+  idx = np.concatenate([idx, np.full(total - len(idx), -1, np.int64)])
+  idx = pipeline.shard_indices(idx, index, count, even=False)
+  ds = grain.MapDataset.source(EvalIndexedSource(source, idx, pad_from=pad_from))
+  ds = ds.map(DetEvalTransform(canvas=_pair(canvas, 'canvas'), scale=_pair(scale, 'scale')))
+  ds = ds.batch(batch_size, drop_remainder=False)
+  return pipeline.iter_dataset(ds, worker_count, read_threads, prefetch_batches)
