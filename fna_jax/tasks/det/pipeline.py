@@ -2,8 +2,8 @@
 
 Built on :mod:`fna_jax.data.pipeline` (determinism, resume with ``get_state``/``set_state``,
 per-process sharding, workers: see there).  Per example, as MMDetection v1's ``CustomDataset``
-(``mmdet/datasets/custom.py``, ``transforms.py``) with ``keep_ratio=True`` (paper Sec. 4.2.1:
-RetinaNet trained and tested at short side 800, long side at most 1333):
+(``mmdet/datasets/custom.py``, ``transforms.py``) with ``keep_ratio=True`` (paper Sec. 4.2.1 and
+Tab. 4: an 800x1088 input, i.e. short side 800, long side at most 1088):
 
 * keep-ratio rescale (mmcv's ``imrescale``): factor ``sf = min(long_max / max(h, w),
   short / min(h, w))``, new size ``int(h * sf + 0.5) x int(w * sf + 0.5)`` (PIL bilinear,
@@ -16,8 +16,10 @@ RetinaNet trained and tested at short side 800, long side at most 1333):
 
 Static shapes.  v1 pads each batch to a multiple of 32 of its largest image; a jitted step needs
 one shape, so every image is padded to a fixed ``canvas = (H, W)`` instead, and the factor is
-additionally capped at ``min(H / h, W / w)`` so that the rescaled image fits (for COCO at
-(800, 1333) a canvas of (1344, 1344) never caps; the demo uses its image size).  Boxes are in
+additionally capped at ``min(H / h, W / w)`` so that the rescaled image fits: with the COCO
+config's (800, 1088) scale and canvas a landscape image is never capped, a portrait one is fit
+into the 800 rows (smaller than v1 would run it); a (1088, 1088) canvas never caps, at 1.36x
+the compute.  The demo uses its image size.  Boxes are in
 v1's pixel convention (inclusive right/bottom edges) and padded (or truncated, first
 ``max_boxes``) to ``max_boxes`` rows: padding rows have box 0 and label -1.
 """
@@ -100,7 +102,7 @@ class DetTrainTransform(grain.transforms.RandomMap):
 
   Attributes:
     canvas: (H, W) of every output image.
-    scale: (short, long_max) of mmcv's keep-ratio rescale (paper: (800, 1333)).
+    scale: (short, long_max) of mmcv's keep-ratio rescale (the paper's detection recipe: (800, 1088)).
     flip: random horizontal flip with probability 1/2.
     max_boxes: rows of 'boxes' / 'labels'.
   """
@@ -126,7 +128,8 @@ class DetEvalTransform(grain.transforms.Map):
   Outputs ``image``, ``image_id`` (-1 for padding), ``scale_factor`` (detections / factor =
   original pixels, v1 ``rescale=True``), ``image_hw`` (original size), ``input_hw`` (the
   rescaled image's size in the canvas: v1's ``img_shape``, which it clips decoded boxes to) and
-  ``valid``.
+  ``valid``, and ``index``: the example's index in the source (-1 for padding; the evaluator's
+  pictures look the ground truth up with it).
   """
   canvas: tuple[int, int]
   scale: tuple[int, int]
@@ -139,7 +142,8 @@ class DetEvalTransform(grain.transforms.Map):
     return {'image': _canvas_image(resized, self.canvas),
             'image_id': np.int32(element['image_id'] if valid else -1),
             'scale_factor': np.float32(sf), 'image_hw': np.asarray(hw, np.int32),
-            'input_hw': np.asarray(resized.shape[:2], np.int32), 'valid': np.bool_(valid)}
+            'input_hw': np.asarray(resized.shape[:2], np.int32), 'valid': np.bool_(valid),
+            'index': np.int32(element.get('index', -1) if valid else -1)}
 
 
 class EvalIndexedSource(pipeline.IndexedSource):
@@ -150,6 +154,7 @@ class EvalIndexedSource(pipeline.IndexedSource):
     j = int(self.indices[i])
     ex = dict(self.source[self.pad_from if j < 0 else j])
     ex['valid'] = np.bool_(j >= 0)
+    ex['index'] = np.int32(j)
     return ex
 
 
@@ -188,7 +193,7 @@ def make_det_pipeline(source: Any, indices: Sequence[int] | np.ndarray | None = 
     batch_size: examples per batch on this process.
     seed: seed of the shuffle and the flips.
     canvas: (H, W) of the padded images (or one int).
-    scale: (short, long_max) of the keep-ratio rescale (paper: (800, 1333)).
+    scale: (short, long_max) of the keep-ratio rescale (the paper's detection recipe: (800, 1088)).
     flip: random horizontal flips.
     max_boxes: rows of 'boxes' / 'labels' (extra boxes are dropped, in source order).
     drop_empty: leave out examples without boxes (``source.num_boxes() == 0``), as v1.
@@ -236,7 +241,8 @@ def make_det_eval_pipeline(source: Any, *, batch_size: int, canvas: int | Sequen
   Returns:
     A ``grain.IterDataset`` of ``{'image': float32 (B, H, W, 3), 'image_id': int32 (B,),
     'scale_factor': float32 (B,), 'image_hw': int32 (B, 2) original (height, width),
-    'input_hw': int32 (B, 2) rescaled (height, width) inside the canvas, 'valid': bool (B,)}``.
+    'input_hw': int32 (B, 2) rescaled (height, width) inside the canvas, 'valid': bool (B,),
+    'index': int32 (B,) source index (-1: padding)}``.
   """
   if batch_size <= 0:
     raise ValueError(f'batch_size must be positive, got {batch_size}')

@@ -34,7 +34,7 @@ from fna_jax.tasks.det import coco_eval, loss as loss_lib, pipeline, postprocess
 from fna_jax.tasks.det.network import DetectionNet
 
 DEFAULT_CANVAS = (800, 1088)   # the paper's 800x1088 input (Tab. 4), H x W
-EVAL_KEYS = ('image_id', 'scale_factor', 'image_hw', 'valid')
+EVAL_KEYS = ('image_id', 'scale_factor', 'input_hw', 'valid', 'index')
 
 
 def anchor_settings(head_cfg) -> dict[str, Any]:
@@ -96,8 +96,6 @@ class DetectionTask(base.Task):
 
   def train_data(self, source, indices, *, batch_size: int, seed: int, stage: str):
     d = self.config.data
-    indices = np.asarray(indices)
-    indices = indices[np.asarray(source.num_boxes())[indices] > 0]
     return iter(pipeline.make_det_pipeline(
         source, indices, batch_size=batch_size, seed=seed, canvas=self.input_size(stage),
         scale=self._scale(), flip=d.get('flip', True), max_boxes=d.max_boxes,
@@ -124,12 +122,6 @@ class DetectionTask(base.Task):
 
   def format_metric(self, value: float) -> str:
     return f'{100 * value:.2f} COCO AP'
-
-
-def resized_hw(image_hw, scale_factor) -> tuple[int, int]:
-  """The size of an ``image_hw`` image rescaled by ``scale_factor`` (``int(x * s + 0.5)``, as
-  mmcv's ``imrescale``)."""
-  return tuple(int(float(x) * float(scale_factor) + 0.5) for x in image_hw)
 
 
 class DetectionEvaluator(base.Evaluator):
@@ -175,7 +167,7 @@ class DetectionEvaluator(base.Evaluator):
     c = self.cfg
     for k in np.flatnonzero(meta['valid'].astype(bool)):
       sf = float(meta['scale_factor'][k])
-      h, w = resized_hw(meta['image_hw'][k], sf)
+      h, w = (int(v) for v in meta['input_hw'][k])   # the rescaled image inside the canvas
       bx = boxes[k].copy()
       bx[:, 0::2] = np.clip(bx[:, 0::2], 0, w - 1)
       bx[:, 1::2] = np.clip(bx[:, 1::2], 0, h - 1)
@@ -185,16 +177,15 @@ class DetectionEvaluator(base.Evaluator):
       image_id = int(meta['image_id'][k])
       self.image_ids.append(image_id)
       self.detections += coco_eval.to_coco_detections(image_id, dets, labels, self.category_ids)
-      self._show(host_batch, k, dets, labels, sf, (h, w))
+      self._show(host_batch, int(meta['index'][k]), k, dets, labels, sf, (h, w))
 
-  def _show(self, host_batch, k, dets, labels, sf, hw):
+  def _show(self, host_batch, index, k, dets, labels, sf, hw):
     if not (self.out_dir and self.shown < self.cfg.get('num_visualize', 0)
-            and jax.process_count() == 1 and k < host_batch['image'].shape[0]):
+            and jax.process_count() == 1):
       return
-    ex = self.source[int(host_batch['index'][k])] if 'index' in host_batch else None
+    ex = self.source[index]
     image = host_batch['image'][k][:hw[0], :hw[1]]
-    gt_boxes = None if ex is None else np.asarray(ex['boxes']) * sf
-    gt_labels = None if ex is None else np.asarray(ex['labels'])
+    gt_boxes, gt_labels = np.asarray(ex['boxes']) * sf, np.asarray(ex['labels'])
     keep = dets[:, 4] >= self.cfg.get('show_score', 0.3)
     visualize.save_detection_pair(
         os.path.join(self.out_dir, 'predictions', f'{self.shown:03d}.png'), image,
