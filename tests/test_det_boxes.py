@@ -385,9 +385,12 @@ def test_multiclass_nms_hand_case():
   np.testing.assert_allclose(dets, [[0, 0, 9, 9, 0.9], [50, 50, 59, 59, 0.7],
                                     [1, 0, 10, 9, 0.6]], rtol=1e-6)
   np.testing.assert_array_equal(labels, [0, 1, 1])
-  dets, labels = postprocess.multiclass_nms(boxes, scores, 0.05, 0.5, max_num=2)
-  np.testing.assert_allclose(dets[:, 4], [0.9, 0.7], rtol=1e-6)
-  np.testing.assert_array_equal(labels, [0, 1])
+  # Over max_num: the highest scores across classes survive, sorted: class 0 keeps only 0.3
+  # (its box 1, 0.2, is suppressed); class 1 keeps 0.7 and 0.6.
+  low0 = np.array([[0.3, 0.04], [0.2, 0.6], [0.05, 0.7]], np.float32)
+  dets, labels = postprocess.multiclass_nms(boxes, low0, 0.05, 0.5, max_num=2)
+  np.testing.assert_allclose(dets, [[50, 50, 59, 59, 0.7], [1, 0, 10, 9, 0.6]], rtol=1e-6)
+  np.testing.assert_array_equal(labels, [1, 1])
   dets, labels = postprocess.multiclass_nms(boxes, scores, 0.95)
   assert dets.shape == (0, 5) and labels.shape == (0,)
 
@@ -442,6 +445,9 @@ def test_coco_eval_perfect_degraded_empty():
   degraded, _ = coco_eval.evaluate(gt, _dets_from_gt(gt, shift=2.0))
   assert degraded['AP'] < 0.9 and degraded['APs'] < perfect['APs']
   assert degraded['AP50'] == pytest.approx(1.0)   # every IoU still >= 0.5
+  # Every gt image counts, also one without any detection: image 2's gts are all missed.
+  only1 = [d for d in _dets_from_gt(gt) if d['image_id'] == 1]
+  assert coco_eval.evaluate(gt, only1)[0]['AP50'] < 0.9
   # A detection with the wrong class counts for nothing.
   wrong = [dict(d, category_id=3 - d['category_id']) for d in _dets_from_gt(gt)]
   assert coco_eval.evaluate(gt, wrong)[0]['AP'] == pytest.approx(0.0)

@@ -144,6 +144,9 @@ def assign(anchors, gt_boxes, gt_valid, pos_iou_thr: float = 0.5, neg_iou_thr: f
   overlaps = box_iou(gt_boxes, jnp.asarray(anchors))  # (M, A), as v1 orders it
   # Padding gts get IoU -1: below every real IoU (>= 0), so they are never an anchor's best gt.
   overlaps = jnp.where(gt_valid[:, None], overlaps, -1.0)
+  # Step 4 compares IoUs for exact equality with their maxima: materialise them once, so that
+  # XLA cannot recompute them in two fusions that might round differently (e.g. with FMA).
+  overlaps = jax.lax.optimization_barrier(overlaps)
   any_gt = jnp.any(gt_valid)
   max_overlaps = jnp.max(overlaps, axis=0)          # per anchor, over gts
   argmax_overlaps = jnp.argmax(overlaps, axis=0)    # first maximum
