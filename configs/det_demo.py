@@ -5,7 +5,7 @@ several objects per image over a cluttered background, made in code; 128x128 ima
 ``configs/demo.py`` (a converted torchvision checkpoint, else the short pretraining on embedded
 shape images, cached and shared with the segmentation demo).  The detection space with fewer
 layers per stage, a narrower and shallower RetinaNet head (64 channels, 2 convs per branch),
-anchors one octave smaller (octave base scale 2: the demo's objects are 10-90 px, COCO's
+anchors one octave smaller (octave base scale 2: the demo's boxes are 10-120 px, median 33, COCO's
 800-pixel images have larger ones) and short schedules; everything else is the COCO recipe
 (``configs/det_coco_retinanet.py``).
 """
@@ -26,8 +26,8 @@ def get_config():
   c.search.update(epochs=8, warmup_epochs=4, batch_size=16, w_lr=0.02, w_lr_start=0.02 / 3,
                   w_lr_warmup_steps=30, w_lr_steps=(6,), a_lr=3e-3, lam=0.08,
                   random_candidates=10)
-  c.adapt.update(steps=400, batch_size=16, lr=0.02, warmup_steps=30, warmup_start_lr=0.02 / 3,
-                 lr_steps=(300,))
+  c.adapt.update(steps=1000, batch_size=16, lr=0.02, warmup_steps=30, warmup_start_lr=0.02 / 3,
+                 lr_steps=(750,))
   c.eval.update(batch_size=20, num_visualize=4)
   c.cost_input_size = (128, 128)
   c.log_every = 20

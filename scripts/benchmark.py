@@ -4,8 +4,9 @@ Sections (``--bench``, comma-separated; ``all`` runs every one):
 
 * ``seed`` (default; alias ``train``): the MobileNetV2 ImageNet classifier's train step per conv
   implementation (``--impls``), with ``--torch`` also torchvision's: :mod:`fna_jax.bench.seed`.
-* ``search``: the FNA++ search steps on the segmentation search network of
-  ``configs/seg_cityscapes.py`` (``--batch``, ``--size``, ``--seg_classes``,
+* ``search``: the FNA++ search steps on the search network of ``--config`` (default
+  ``configs/seg_cityscapes.py``; any task's config, e.g. ``configs/det_coco_retinanet.py``;
+  ``--batch``, ``--size``, ``--seg_classes`` (the classes of a seg or det config),
   ``--head_channels``, ``--max_layers`` override it): :mod:`fna_jax.bench.search`.
 
 What each figure means is in :mod:`fna_jax.bench.measure` (img/s, interleaved rounds, cpu
@@ -17,12 +18,15 @@ Examples::
   python scripts/benchmark.py --bench=seed --torch --rounds=3 --steps=5
   python scripts/benchmark.py --bench=search                    # ~20+ min on 2 cores
   python scripts/benchmark.py --bench=search --size=65 --batch=2 --max_layers=1   # quick check
+  python scripts/benchmark.py --bench=search --config=configs/det_coco_retinanet.py --size=256 \
+      --seg_classes=80 --batch=2 --max_layers=1 --nosearch_rss   # RetinaNet's search steps
 """
 
 from __future__ import annotations
 
 from absl import app
 from absl import flags
+from ml_collections import config_flags
 
 from configs import seg_cityscapes
 from fna_jax import cli, ops
@@ -30,6 +34,9 @@ from fna_jax.bench import measure
 from fna_jax.bench import search as search_bench
 from fna_jax.bench import seed as seed_bench
 
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'search: the config whose search network is measured (default '
+    'configs/seg_cityscapes.py); --size/--batch/... below override it.', lock_config=False)
 _BENCH = flags.DEFINE_list(
     'bench', ['seed'], 'Sections to run (comma-separated): seed (alias train), search, or all.')
 _IMPLS = flags.DEFINE_list('impls', ['cpu', 'xla'], 'fna_jax conv implementations to time.')
@@ -54,7 +61,8 @@ _LR = flags.DEFINE_float('lr', 0.01, 'seed: SGD learning rate (momentum 0.9).')
 _MAX_LAYERS = flags.DEFINE_list(
     'max_layers', [], 'search: at most this many layers per stage of the seg space, one value '
     'for every stage or one per stage (default: full depth, paper Tab. 1).')
-_SEG_CLASSES = flags.DEFINE_integer('seg_classes', 19, 'search: segmentation classes.')
+_SEG_CLASSES = flags.DEFINE_integer('seg_classes', 19,
+                                    'search: classes of a segmentation or detection config.')
 _HEAD_CHANNELS = flags.DEFINE_integer('head_channels', 256, 'search: DeepLabv3 head channels.')
 _COMPILE_STEPS = flags.DEFINE_integer(
     'compile_steps', 20, 'search: untimed calls of each step before timing (new paths each call); '
@@ -82,7 +90,7 @@ def bench_seed() -> None:
 
 def bench_search() -> None:
   config = search_bench.configure(
-      seg_cityscapes.get_config(), batch=_BATCH.value, size=_SIZE.value,
+      _CONFIG.value or seg_cityscapes.get_config(), batch=_BATCH.value, size=_SIZE.value,
       num_classes=_SEG_CLASSES.value, head_channels=_HEAD_CHANNELS.value,
       max_layers=_MAX_LAYERS.value)
   p = _plan()

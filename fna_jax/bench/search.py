@@ -1,6 +1,7 @@
-"""The search steps of FNA++ (paper Sec. 3.2.2, Eq. 7-9), timed and measured on the segmentation
-search network (Sec. 4.1.1: the MobileNetV2 seg space, max layers {4, 4, 6, 6, 4, 1}, DeepLabv3,
-321x321 crops, 19 classes; :func:`configure` makes it smaller or changes the batch).
+"""The search steps of FNA++ (paper Sec. 3.2.2, Eq. 7-9), timed and measured on a config's search
+network: by default the segmentation one (Sec. 4.1.1: the MobileNetV2 seg space, max layers
+{4, 4, 6, 6, 4, 1}, DeepLabv3, 321x321 crops, 19 classes), or any task's (e.g. RetinaNet's,
+``configs/det_coco_retinanet.py``); :func:`configure` makes it smaller or changes the batch.
 
 Everything is built through :mod:`fna_jax.build` from a config (``configs/seg_cityscapes.py``):
 the supernet's weight step (one sampled path) and arch step (relaxed, all paths), each exactly as
@@ -108,8 +109,13 @@ def configure(config, *, batch: int, size: int, num_classes: int, head_channels:
   per stage (empty: the space's full depth)."""
   c = ml_collections.ConfigDict(config.to_dict())
   c.search.batch_size = batch
-  c.data.crop_size = size
-  c.data.num_classes = num_classes
+  # The training image size under the task's own key: segmentation crops, pose crops, the
+  # detection canvas (and its rescale, so that images fill it).
+  for key in ('crop_size', 'input_size', 'canvas', 'scale'):
+    if key in c.data:
+      c.data[key] = size if key == 'crop_size' else (size, size)
+  if 'num_classes' in c.data:
+    c.data.num_classes = num_classes
   c.head.channels = head_channels
   ml = tuple(int(v) for v in max_layers)
   if len(ml) == 1:
@@ -120,12 +126,20 @@ def configure(config, *, batch: int, size: int, num_classes: int, head_channels:
 
 def random_batch(shapes: dict[str, jax.ShapeDtypeStruct], num_classes: int,
                  seed: int = 0) -> dict[str, np.ndarray]:
-  """Host arrays of ``shapes``: floats standard normal, integers uniform in ``[0, num_classes)``."""
+  """Host arrays of ``shapes``: floats standard normal, integers uniform in ``[0, num_classes)``;
+  detection ``'boxes'`` ``(B, M, 4)`` valid boxes (x1 < x2, y1 < y2) inside the batch's images."""
   rng = np.random.default_rng(seed)
-  return {k: (rng.standard_normal(s.shape).astype(s.dtype)
-              if jnp.issubdtype(s.dtype, jnp.floating) else
-              rng.integers(0, num_classes, s.shape).astype(s.dtype))
-          for k, s in shapes.items()}
+  out = {k: (rng.standard_normal(s.shape).astype(s.dtype)
+             if jnp.issubdtype(s.dtype, jnp.floating) else
+             rng.integers(0, num_classes, s.shape).astype(s.dtype))
+         for k, s in shapes.items()}
+  if 'boxes' in shapes and 'image' in shapes:
+    h, w = shapes['image'].shape[1:3]
+    lo = rng.uniform(0, 0.7, shapes['boxes'].shape[:-1] + (2,))
+    hi = lo + rng.uniform(0.05, 0.3, lo.shape)
+    xyxy = np.concatenate([lo, hi], -1) * np.asarray([w - 1, h - 1, w - 1, h - 1])
+    out['boxes'] = xyxy.astype(shapes['boxes'].dtype)
+  return out
 
 
 @dataclasses.dataclass
