@@ -5,8 +5,8 @@ several objects per image over a cluttered background, made in code; 128x128 ima
 ``configs/demo.py`` (a converted torchvision checkpoint, else the short pretraining on embedded
 shape images, cached and shared with the segmentation demo).  The detection space with fewer
 layers per stage, a narrower and shallower RetinaNet head (64 channels, 2 convs per branch),
-anchors one octave smaller (octave base scale 2: the demo's boxes are 10-120 px, median 33, COCO's
-800-pixel images have larger ones) and short schedules; everything else is the COCO recipe
+anchors one octave smaller (octave base scale 2: the demo's boxes are 10-120 px, median 33;
+COCO's 800-pixel images have larger ones) and short schedules; everything else is the COCO recipe
 (``configs/det_coco_retinanet.py``).
 """
 
