@@ -166,3 +166,21 @@ def test_demo_head_anchors_match_the_network():
   anchors, per_level = task.anchors(hw)
   assert out['cls'].shape == (1, anchors.shape[0], c.data.num_classes)
   assert sum(per_level) == anchors.shape[0]
+
+
+def test_search_benchmark_takes_the_detection_config():
+  """``scripts/benchmark.py --bench=search --config=configs/det_coco_retinanet.py``: the size
+  sets the canvas and the rescale, the classes the head, and the random batch has real boxes
+  (x1 < x2, y1 < y2, inside the image) so that the loss sees positives."""
+  from fna_jax.bench import search as search_bench
+  c = search_bench.configure(det_coco_retinanet.get_config(), batch=2, size=96, num_classes=7,
+                             head_channels=16, max_layers=(1,))
+  task = build.task(c)
+  assert task.input_size('search') == (96, 96) and tuple(c.data.scale) == (96, 96)
+  assert c.data.num_classes == 7 and c.head.channels == 16
+  batch = search_bench.random_batch(task.batch_shapes(2, 'search'), c.data.num_classes)
+  b = batch['boxes']
+  assert b.shape == (2, c.data.max_boxes, 4)
+  assert np.all(b[..., 2] > b[..., 0]) and np.all(b[..., 3] > b[..., 1])
+  assert b.min() >= 0 and b[..., 0::2].max() <= 95 and b[..., 1::2].max() <= 95
+  assert batch['labels'].min() >= 0 and batch['labels'].max() < 7
