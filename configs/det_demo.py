@@ -8,13 +8,19 @@ layers per stage, a narrower and shallower RetinaNet head (64 channels, 2 convs 
 anchors one octave smaller (octave base scale 2: the demo's boxes are 10-120 px, median 33;
 COCO's 800-pixel images have larger ones) and short schedules; everything else is the COCO recipe
 (``configs/det_coco_retinanet.py``).
+
+Variants (the rows of the paper's Tab. 11, the detection version of Tab. 13;
+``--config=configs/det_demo.py:<variant>``): ``fna++`` (default), ``fna`` (remapped from the seed
+after the search), ``rand_search``, ``rand_adapt``, ``rand_both`` (random initialisation before
+the search and/or before the fine-tuning), as ``configs/demo.py``.
 """
 
 from configs import demo as seg_demo
 from configs import det_coco_retinanet
+from fna_jax.train import ablation
 
 
-def get_config():
+def get_config(variant: str | None = None):
   c = det_coco_retinanet.get_config()
   c.data = dict(name='det_demo', num_train=1000, num_val=200, image_size=128, data_seed=0,
                 num_classes=5, canvas=(128, 128), scale=(128, 128), flip=True, max_boxes=8,
@@ -32,4 +38,9 @@ def get_config():
   c.cost_input_size = (128, 128)
   c.log_every = 20
   c.checkpoint_every = 100
+  variant = variant or 'fna++'
+  if variant not in ablation.VARIANTS:
+    raise ValueError(f'unknown demo variant {variant!r}; expected one of '
+                     f'{sorted(ablation.VARIANTS)}')
+  ablation.apply(c, ablation.VARIANTS[variant])
   return c

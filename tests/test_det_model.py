@@ -184,3 +184,14 @@ def test_search_benchmark_takes_the_detection_config():
   assert np.all(b[..., 2] > b[..., 0]) and np.all(b[..., 3] > b[..., 1])
   assert b.min() >= 0 and b[..., 0::2].max() <= 95 and b[..., 1::2].max() <= 95
   assert batch['labels'].min() >= 0 and batch['labels'].max() < 7
+
+
+def test_det_demo_variants_are_tab11s_rows():
+  """``configs/det_demo.py:<variant>``: the paper's Tab. 11 rows set the inits of both stages."""
+  assert (det_demo.get_config().search.init, det_demo.get_config().adapt.init) == (
+      'remap', 'supernet')
+  c = det_demo.get_config('rand_both')
+  assert (c.search.init, c.adapt.init) == ('random', 'random')
+  assert det_demo.get_config('fna').adapt.init == 'seed'
+  with pytest.raises(ValueError, match='unknown demo variant'):
+    det_demo.get_config('nope')
