@@ -112,6 +112,9 @@ def get_config() -> ml_collections.ConfigDict:
       batch_size=1, resize_to=(),           # () = full images
       num_visualize=4)                      # predictions saved as PNGs next to their inputs
   c.conv_impl = ''                          # '' = the backend's default (fna_jax.ops)
+  # 'bfloat16': the search's and the fine-tuning's train steps compute in bfloat16 with float32
+  # parameters and BatchNorm statistics (GPU/TPU; fna_jax.runtime.precision); evaluation float32.
+  c.compute_dtype = 'float32'
   c.cost_input_size = (1024, 2048)          # MAdds of the cost table are counted at this size
   c.log_every = 20
   c.checkpoint_every = 500

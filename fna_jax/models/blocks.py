@@ -79,7 +79,9 @@ class BatchNorm(nn.Module):
         ra_mean.value = m * ra_mean.value + (1.0 - m) * mean
         ra_var.value = m * ra_var.value + (1.0 - m) * running_var
     y = (xf - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
-    return jnp.asarray(y, jnp.result_type(x.dtype, jnp.float32))
+    # The input's dtype (bfloat16 under mixed precision, fna_jax.runtime.precision); float32 for
+    # integer inputs.
+    return jnp.asarray(y, x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32)
 
 
 def batch_norm(train: bool, name: str) -> BatchNorm:

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from fna_jax.runtime import mesh as mesh_lib
+from fna_jax.runtime import precision
 
 
 @flax.struct.dataclass
@@ -38,17 +39,21 @@ def init_state(tx: optax.GradientTransformation, variables, rng) -> TrainState:
 
 
 def train_step(model, tx: optax.GradientTransformation, loss_fn: Callable, state: TrainState,
-               batch):
+               batch, compute_dtype=None):
   """One update on ``batch`` (``{'image': (B, H, W, 3), ...}``).
 
-  ``loss_fn(outputs, batch) -> scalar``.  Returns ``(new_state, {'loss': scalar})``.
+  ``loss_fn(outputs, batch) -> scalar``.  ``compute_dtype`` (e.g. ``jnp.bfloat16``): mixed
+  precision, :mod:`fna_jax.runtime.precision`.  Returns ``(new_state, {'loss': scalar})``.
   """
   rng, k_drop = jax.random.split(state.rng)
 
   def loss(params):
-    outputs, new = model.apply({'params': params, 'batch_stats': state.batch_stats},
-                               batch['image'], True, rngs={'dropout': k_drop},
-                               mutable=['batch_stats'])
+    outputs, new = model.apply(
+        {'params': precision.cast_floats(params, compute_dtype), 'batch_stats': state.batch_stats},
+        precision.cast_floats(batch['image'], compute_dtype), True, rngs={'dropout': k_drop},
+        mutable=['batch_stats'])
+    if compute_dtype is not None:
+      outputs = precision.to_float32(outputs)
     return loss_fn(outputs, batch), new['batch_stats']
 
   (value, batch_stats), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
@@ -58,8 +63,8 @@ def train_step(model, tx: optax.GradientTransformation, loss_fn: Callable, state
   return new, {'loss': value}
 
 
-def jit_train_step(model, tx, loss_fn, mesh):
+def jit_train_step(model, tx, loss_fn, mesh, compute_dtype=None):
   """:func:`train_step` compiled for ``mesh``: state replicated (donated), batch on ``'data'``."""
   rep, data = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
-  return jax.jit(lambda s, b: train_step(model, tx, loss_fn, s, b), in_shardings=(rep, data),
-                 out_shardings=(rep, rep), donate_argnums=0)
+  return jax.jit(lambda s, b: train_step(model, tx, loss_fn, s, b, compute_dtype),
+                 in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)

@@ -34,6 +34,7 @@ from fna_jax import cost as cost_lib
 from fna_jax.models.init import random_like, variable_shapes
 from fna_jax.runtime import loop
 from fna_jax.runtime import mesh as mesh_lib
+from fna_jax.runtime import precision
 from fna_jax.runtime import steps as steps_lib
 from fna_jax.runtime.checkpoint import RunCheckpoints, load_variables, save_variables
 from fna_jax.train import adapt
@@ -145,7 +146,8 @@ def run_adapt(config, workdir: str, search_dir: str, *, log=print,
                          seed=config.seed + 11, stage='adapt')
   total = ac.steps
   tx, lr_fn = adapt.finetune_optimizer_from_config(ac)
-  step_fn = steps_lib.jit_train_step(model, tx, task.loss, mesh)
+  step_fn = steps_lib.jit_train_step(model, tx, task.loss, mesh,
+                                     precision.compute_dtype(config.get('compute_dtype')))
   rep = mesh_lib.replicated(mesh)
 
   if resuming:

@@ -32,6 +32,7 @@ from fna_jax import cost as cost_lib
 from fna_jax.models import supernet as sn
 from fna_jax.spaces import SearchSpace
 from fna_jax.runtime import mesh as mesh_lib
+from fna_jax.runtime import precision
 from fna_jax.train import optim
 
 
@@ -166,6 +167,7 @@ class SearchFns:
   lam: float
   opt_w: optax.GradientTransformation
   opt_a: optax.GradientTransformation
+  compute_dtype: Any = None       # None (float32) or jnp.bfloat16: fna_jax.runtime.precision
 
   @property
   def mask(self) -> np.ndarray:
@@ -198,10 +200,15 @@ def weight_step(fns: SearchFns, state: SearchState, batch, uniform):
   rng, k_path, k_drop = jax.random.split(state.rng, 3)
   path = sn.sample_path(k_path, state.alphas, fns.mask, uniform)
 
+  dt = fns.compute_dtype
+
   def loss(params):
     outputs, new_vars = fns.model.apply(
-        {'params': params, 'batch_stats': state.batch_stats}, batch['image'], True, path=path,
+        {'params': precision.cast_floats(params, dt), 'batch_stats': state.batch_stats},
+        precision.cast_floats(batch['image'], dt), True, path=path,
         rngs={'dropout': k_drop}, mutable=['batch_stats'])
+    if dt is not None:
+      outputs = precision.to_float32(outputs)
     return fns.loss_fn(outputs, batch), new_vars['batch_stats']
 
   (task_loss, batch_stats), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
@@ -220,11 +227,17 @@ def arch_step(fns: SearchFns, state: SearchState, batch):
   """
   rng, k_drop = jax.random.split(state.rng)
 
+  dt = fns.compute_dtype
+
   def loss(alphas):
     w = sn.op_weights(alphas, fns.mask)
     outputs, new_vars = fns.model.apply(
-        {'params': state.params, 'batch_stats': state.batch_stats}, batch['image'], True,
-        op_weights=w, rngs={'dropout': k_drop}, mutable=['batch_stats'])
+        {'params': precision.cast_floats(state.params, dt), 'batch_stats': state.batch_stats},
+        precision.cast_floats(batch['image'], dt), True,
+        op_weights=precision.cast_floats(w, dt), rngs={'dropout': k_drop},
+        mutable=['batch_stats'])
+    if dt is not None:
+      outputs = precision.to_float32(outputs)
     task = fns.loss_fn(outputs, batch)
     c = cost_loss(w, fns.table, fns.lam)
     return task + c, (task, c, expected_gmadds(w, fns.table), new_vars['batch_stats'])

@@ -44,6 +44,7 @@ from fna_jax.models.init import random_like, variable_shapes
 from fna_jax.remap import seed_to_supernet
 from fna_jax.runtime import loop
 from fna_jax.runtime import mesh as mesh_lib
+from fna_jax.runtime import precision
 from fna_jax.runtime.checkpoint import RunCheckpoints, save_variables
 from fna_jax.train import search
 
@@ -96,7 +97,7 @@ def make_search_fns(config, model, space: spaces.SearchSpace, table: np.ndarray,
   opt_a = search.arch_optimizer(lr=sc.a_lr, weight_decay=sc.a_weight_decay, b1=sc.a_b1,
                                 b2=sc.a_b2, grad_clip_norm=sc.grad_clip_norm)
   return search.SearchFns(model, space, build.task(config).loss, table, sc.lam, opt_w,
-                          opt_a), lr_fn
+                          opt_a, precision.compute_dtype(config.get('compute_dtype'))), lr_fn
 
 
 def schedule_from_config(sc, steps_per_epoch: int) -> search.Schedule:
