@@ -44,9 +44,5 @@ def get_config(variant: str | None = None):
   c.cost_input_size = (64, 64)
   c.log_every = 10
   c.checkpoint_every = 50
-  variant = variant or 'fna++'
-  if variant not in ablation.VARIANTS:
-    raise ValueError(f'unknown demo variant {variant!r}; expected one of '
-                     f'{sorted(ablation.VARIANTS)}')
-  ablation.apply(c, ablation.VARIANTS[variant])
+  ablation.apply_variant(c, variant)
   return c

@@ -38,9 +38,5 @@ def get_config(variant: str | None = None):
   c.cost_input_size = (128, 128)
   c.log_every = 20
   c.checkpoint_every = 100
-  variant = variant or 'fna++'
-  if variant not in ablation.VARIANTS:
-    raise ValueError(f'unknown demo variant {variant!r}; expected one of '
-                     f'{sorted(ablation.VARIANTS)}')
-  ablation.apply(c, ablation.VARIANTS[variant])
+  ablation.apply_variant(c, variant)
   return c

@@ -210,6 +210,42 @@ def eval_dataset(source: Any, indices: Sequence[int] | np.ndarray | None, batch_
   return ds.map(transform).batch(batch_size, drop_remainder=False)
 
 
+class MarkedIndexedSource(IndexedSource):
+  """``source[indices[i]]`` with its source ``'index'`` and ``'valid'``; index -1 (padding) is a
+  copy of ``source[pad_from]`` with ``valid`` False and ``index`` -1 (for tasks whose examples
+  have no ignore label to pad with: the evaluator drops invalid examples).  Picklable."""
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    j = int(self.indices[i])
+    ex = dict(self.source[self.pad_from if j < 0 else j])
+    ex['index'] = np.int32(j)
+    ex['valid'] = np.bool_(j >= 0)
+    return ex
+
+
+def marked_eval_dataset(source: Any, indices: Sequence[int] | np.ndarray | None,
+                        batch_size: int, transform: Any,
+                        shard_by_process: bool | tuple[int, int]) -> grain.MapDataset:
+  """Every example of ``indices`` once, in order, through ``transform``, in full batches.
+
+  The index list is padded to a multiple of ``batch_size * process_count`` with copies of the
+  first example marked ``valid = False`` (:class:`MarkedIndexedSource`), so every batch is full
+  and every process yields the same number of batches; metrics must skip them.
+  """
+  if batch_size <= 0:
+    raise ValueError(f'batch_size must be positive, got {batch_size}')
+  index, count = shard_spec(shard_by_process)
+  idx = base_indices(source, indices)
+  if len(idx) == 0:
+    raise ValueError(f'no examples to evaluate in {source!r}')
+  pad_from = int(idx[0])
+  total = -(-len(idx) // (batch_size * count)) * batch_size * count
+  idx = np.concatenate([idx, np.full(total - len(idx), _PAD, np.int64)])
+  idx = shard_indices(idx, index, count, even=False)
+  ds = grain.MapDataset.source(MarkedIndexedSource(source, idx, pad_from=pad_from))
+  return ds.map(transform).batch(batch_size, drop_remainder=False)
+
+
 def make_cls_pipeline(source: Any, *, indices: Sequence[int] | np.ndarray | None = None,
                       batch_size: int, flip: bool = True, shuffle: bool = True, seed: int = 0,
                       num_epochs: int | None = None, drop_remainder: bool = True,

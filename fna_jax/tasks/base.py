@@ -116,6 +116,23 @@ class Task(abc.ABC):
     return f'{value:.4f} {self.metric}'
 
 
+class BodyHeadNet(nn.Module):
+  """The plainest task network: ``head(body(x, train, **body_kwargs), train)``.
+
+  ``body`` is a :class:`~fna_jax.models.Backbone` or :class:`~fna_jax.models.supernet.Supernet`
+  (``body_kwargs``: ``path=`` or ``op_weights=``); its feature dict goes to ``head``.  Parameter
+  paths: ``backbone/...`` and ``head/...``.  ``frozen_bn=True`` runs the body's BatchNorm layers
+  on their running statistics even when ``train=True``; the head trains normally.
+  """
+  backbone: nn.Module
+  head: nn.Module
+  frozen_bn: bool = False
+
+  def __call__(self, x, train: bool = False, **body_kwargs):
+    feats = self.backbone(x, train and not self.frozen_bn, **body_kwargs)
+    return self.head(feats, train)
+
+
 def check_stage(stage: str) -> str:
   if stage not in STAGES:
     raise ValueError(f'stage must be one of {STAGES}, got {stage!r}')

@@ -37,3 +37,12 @@ def apply(config, row: Row) -> None:
   """Sets ``config.search.init`` and ``config.adapt.init`` as ``row`` says (in place)."""
   with config.unlocked():
     config.search.init, config.adapt.init = row.search_init, row.adapt_init
+
+
+def apply_variant(config, variant: str | None) -> None:
+  """Applies the row named ``variant`` (default ``'fna++'``; a config file's ``:<variant>``
+  argument) to ``config`` in place, or raises ValueError naming the known variants."""
+  variant = variant or 'fna++'
+  if variant not in VARIANTS:
+    raise ValueError(f'unknown demo variant {variant!r}; expected one of {sorted(VARIANTS)}')
+  apply(config, VARIANTS[variant])

@@ -12,14 +12,8 @@ supernet).  Parameter paths: ``backbone/...`` and ``head/...``.
 
 from __future__ import annotations
 
-import flax.linen as nn
+from fna_jax.tasks.base import BodyHeadNet
 
 
-class DetectionNet(nn.Module):
-  backbone: nn.Module
-  head: nn.Module
-  frozen_bn: bool = False
-
-  def __call__(self, x, train: bool = False, **body_kwargs):
-    feats = self.backbone(x, train and not self.frozen_bn, **body_kwargs)
-    return self.head(feats, train)
+class DetectionNet(BodyHeadNet):
+  """:class:`~fna_jax.tasks.base.BodyHeadNet` (the module docstring says what goes in and out)."""

@@ -146,18 +146,6 @@ class DetEvalTransform(grain.transforms.Map):
             'index': np.int32(element.get('index', -1) if valid else -1)}
 
 
-class EvalIndexedSource(pipeline.IndexedSource):
-  """``source[indices[i]]`` with ``'valid'``; index -1 (padding) is a copy of
-  ``source[pad_from]`` with ``valid`` False."""
-
-  def __getitem__(self, i: int) -> dict[str, Any]:
-    j = int(self.indices[i])
-    ex = dict(self.source[self.pad_from if j < 0 else j])
-    ex['valid'] = np.bool_(j >= 0)
-    ex['index'] = np.int32(j)
-    return ex
-
-
 def _pair(size: int | Sequence[int], what: str) -> tuple[int, int]:
   out = pipeline.pair(size, what)
   assert out is not None
@@ -244,17 +232,8 @@ def make_det_eval_pipeline(source: Any, *, batch_size: int, canvas: int | Sequen
     'input_hw': int32 (B, 2) rescaled (height, width) inside the canvas, 'valid': bool (B,),
     'index': int32 (B,) source index (-1: padding)}``.
   """
-  if batch_size <= 0:
-    raise ValueError(f'batch_size must be positive, got {batch_size}')
-  index, count = pipeline.shard_spec(shard_by_process)
-  idx = pipeline.base_indices(source, indices)
-  if len(idx) == 0:
-    raise ValueError(f'no examples to evaluate in {source!r}')
-  pad_from = int(idx[0])
-  total = -(-len(idx) // (batch_size * count)) * batch_size * count
-  idx = np.concatenate([idx, np.full(total - len(idx), -1, np.int64)])
-  idx = pipeline.shard_indices(idx, index, count, even=False)
-  ds = grain.MapDataset.source(EvalIndexedSource(source, idx, pad_from=pad_from))
-  ds = ds.map(DetEvalTransform(canvas=_pair(canvas, 'canvas'), scale=_pair(scale, 'scale')))
-  ds = ds.batch(batch_size, drop_remainder=False)
+  ds = pipeline.marked_eval_dataset(
+      source, indices, batch_size,
+      DetEvalTransform(canvas=_pair(canvas, 'canvas'), scale=_pair(scale, 'scale')),
+      shard_by_process)
   return pipeline.iter_dataset(ds, worker_count, read_threads, prefetch_batches)

@@ -11,14 +11,8 @@ Parameter paths: ``backbone/...`` and ``head/...``.
 
 from __future__ import annotations
 
-import flax.linen as nn
+from fna_jax.tasks.base import BodyHeadNet
 
 
-class PoseNet(nn.Module):
-  backbone: nn.Module
-  head: nn.Module
-  frozen_bn: bool = False
-
-  def __call__(self, x, train: bool = False, **body_kwargs):
-    feats = self.backbone(x, train and not self.frozen_bn, **body_kwargs)
-    return self.head(feats, train)
+class PoseNet(BodyHeadNet):
+  """:class:`~fna_jax.tasks.base.BodyHeadNet` (the module docstring says what goes in and out)."""

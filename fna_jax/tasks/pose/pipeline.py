@@ -162,18 +162,6 @@ class PoseTrainTransform(grain.transforms.RandomMap):
     return {'image': T.normalize(c['image']), 'target': target, 'target_weight': weight}
 
 
-class EvalIndexedSource(pipeline.IndexedSource):
-  """``source[indices[i]]`` with its ``'index'`` and ``'valid'``; index -1 (padding) is a copy of
-  ``source[pad_from]`` with ``valid`` False (and ``index`` -1)."""
-
-  def __getitem__(self, i: int) -> dict[str, Any]:
-    j = int(self.indices[i])
-    ex = dict(self.source[self.pad_from if j < 0 else j])
-    ex['index'] = np.int32(j)
-    ex['valid'] = np.bool_(j >= 0)
-    return ex
-
-
 @dataclasses.dataclass(frozen=True)
 class PoseEvalTransform(grain.transforms.Map):
   """The plain person crop (centre and scale as given, no rotation) and the ground truth."""
@@ -249,17 +237,7 @@ def make_pose_eval_pipeline(source: Any, *, batch_size: int,
     (B,), 'joints': (B, 16, 2) full-image pixels, 'visible': (B, 16), 'headbox': (B, 2, 2),
     'index': int32 (B,), 'valid': bool (B,)}``.
   """
-  if batch_size <= 0:
-    raise ValueError(f'batch_size must be positive, got {batch_size}')
-  index, count = pipeline.shard_spec(shard_by_process)
-  idx = pipeline.base_indices(source, indices)
-  if len(idx) == 0:
-    raise ValueError(f'no examples to evaluate in {source!r}')
-  pad_from = int(idx[0])
-  total = -(-len(idx) // (batch_size * count)) * batch_size * count
-  idx = np.concatenate([idx, np.full(total - len(idx), -1, np.int64)])
-  idx = pipeline.shard_indices(idx, index, count, even=False)
-  ds = grain.MapDataset.source(EvalIndexedSource(source, idx, pad_from=pad_from))
-  ds = ds.map(PoseEvalTransform(input_size=pipeline.pair(input_size, 'input_size')))
-  ds = ds.batch(batch_size, drop_remainder=False)
+  ds = pipeline.marked_eval_dataset(
+      source, indices, batch_size,
+      PoseEvalTransform(input_size=pipeline.pair(input_size, 'input_size')), shard_by_process)
   return pipeline.iter_dataset(ds, worker_count, read_threads, prefetch_batches)
