@@ -188,12 +188,14 @@ def train_dataset(source: Any, indices: Any, batch_size: int, transform: Any, sh
 
 def eval_dataset(source: Any, indices: Sequence[int] | np.ndarray | None, batch_size: int,
                  transform: Any, pad_remainder: bool,
-                 shard_by_process: bool | tuple[int, int]) -> grain.MapDataset:
+                 shard_by_process: bool | tuple[int, int],
+                 source_cls: type[IndexedSource] | None = None) -> grain.MapDataset:
   """Every example of ``indices`` once, in order, through ``transform``, batched.
 
   ``pad_remainder`` pads the index list to a multiple of ``batch_size * process_count`` with
-  padding examples (:class:`IndexedSource`), so every batch is full and every process yields the
-  same number of batches; a smaller last batch is kept otherwise.
+  padding examples (made by ``source_cls``, default :class:`IndexedSource`), so every batch is
+  full and every process yields the same number of batches; a smaller last batch is kept
+  otherwise.
   """
   if batch_size <= 0:
     raise ValueError(f'batch_size must be positive, got {batch_size}')
@@ -206,7 +208,7 @@ def eval_dataset(source: Any, indices: Sequence[int] | np.ndarray | None, batch_
     total = -(-len(idx) // (batch_size * count)) * batch_size * count
     idx = np.concatenate([idx, np.full(total - len(idx), _PAD, np.int64)])
   idx = shard_indices(idx, index, count, even=False)
-  ds = grain.MapDataset.source(IndexedSource(source, idx, pad_from=pad_from))
+  ds = grain.MapDataset.source((source_cls or IndexedSource)(source, idx, pad_from=pad_from))
   return ds.map(transform).batch(batch_size, drop_remainder=False)
 
 
@@ -232,18 +234,8 @@ def marked_eval_dataset(source: Any, indices: Sequence[int] | np.ndarray | None,
   first example marked ``valid = False`` (:class:`MarkedIndexedSource`), so every batch is full
   and every process yields the same number of batches; metrics must skip them.
   """
-  if batch_size <= 0:
-    raise ValueError(f'batch_size must be positive, got {batch_size}')
-  index, count = shard_spec(shard_by_process)
-  idx = base_indices(source, indices)
-  if len(idx) == 0:
-    raise ValueError(f'no examples to evaluate in {source!r}')
-  pad_from = int(idx[0])
-  total = -(-len(idx) // (batch_size * count)) * batch_size * count
-  idx = np.concatenate([idx, np.full(total - len(idx), _PAD, np.int64)])
-  idx = shard_indices(idx, index, count, even=False)
-  ds = grain.MapDataset.source(MarkedIndexedSource(source, idx, pad_from=pad_from))
-  return ds.map(transform).batch(batch_size, drop_remainder=False)
+  return eval_dataset(source, indices, batch_size, transform, True, shard_by_process,
+                      MarkedIndexedSource)
 
 
 def make_cls_pipeline(source: Any, *, indices: Sequence[int] | np.ndarray | None = None,
