@@ -233,6 +233,43 @@ def test_random_scale_picks_a_listed_scale():
   assert sizes == expected
 
 
+def test_pil_nearest_indices_are_pils_own():
+  """The label gather of random_scale_crop reads the source pixels PIL's NEAREST resize reads,
+  on short axes of every size and on a Cityscapes-length axis (2048 -> 3584 at scale 1.75),
+  where the closed form floor((i + 0.5) * scale) differs from PIL's running sum."""
+  from PIL import Image
+  for n_in, n_out in [(4, 15), (7, 3), (1, 5), (5, 1), (97, 131), (2048, 3584), (1024, 768)]:
+    index = np.arange(n_in, dtype=np.int32)[None].repeat(2, 0)
+    want = np.asarray(Image.fromarray(index).resize((n_out, 2), Image.Resampling.NEAREST))[0]
+    np.testing.assert_array_equal(T._pil_nearest_indices(n_in, n_out), want)
+  closed = np.minimum(np.floor((np.arange(15) + 0.5) * (4 / 15)), 3).astype(int)
+  assert not np.array_equal(closed, T._pil_nearest_indices(4, 15))  # the case that needs it
+
+
+def test_random_scale_crop_equals_scale_then_crop():
+  """Same draws, same window: labels exactly those of random_scale + random_crop (padding with
+  255 included), images within 2 intensity levels (PIL rounds a box's filter coefficients from
+  the box's origin) and on average within 0.2, over random sizes, crops larger and smaller than
+  the rescaled frame, and scale 1."""
+  rng = np.random.default_rng(0)
+  mean_diff = []
+  for t in range(60):
+    h, w = rng.integers(1, 80, 2)
+    image = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
+    label = rng.integers(0, 19, (h, w)).astype(np.uint8)
+    crop = tuple(int(v) for v in rng.integers(1, 90, 2))
+    scales = T.FINETUNE_SCALES if t % 4 else (1.0,)
+    a, b = np.random.default_rng(t), np.random.default_rng(t)
+    i1, l1 = T.random_crop(*T.random_scale(image, label, a, scales), a, crop)
+    i2, l2 = T.random_scale_crop(image, label, b, scales, crop)
+    assert i2.shape == i1.shape == crop + (3,) and i2.dtype == np.uint8
+    np.testing.assert_array_equal(l2, l1)
+    assert np.abs(i1.astype(int) - i2).max() <= 2
+    mean_diff.append(np.abs(i1.astype(int) - i2).mean())
+    assert a.random() == b.random()           # the same number of draws
+  assert np.mean(mean_diff) < 0.2
+
+
 def test_normalize_uses_imagenet_statistics():
   image = np.array([[[0, 0, 0], [255, 255, 255], [124, 116, 104]]], np.uint8)
   out = T.normalize(image)

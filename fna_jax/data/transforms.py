@@ -160,6 +160,72 @@ def random_crop(image: np.ndarray, label: np.ndarray | None, rng: np.random.Gene
   return image, label
 
 
+def _pil_nearest_indices(n_in: int, n_out: int) -> np.ndarray:
+  """Source indices PIL's NEAREST resize reads for ``n_in -> n_out`` pixels along one axis.
+
+  PIL (``Geometry.c``, affine transform with the nearest filter) starts at ``scale / 2`` and adds
+  ``scale = n_in / n_out`` in double precision for every output pixel, truncating; summing the
+  same way (``np.cumsum`` is sequential) gives exactly its indices, which the closed form
+  ``floor((i + 0.5) * scale)`` does not where the sum rounds below an integer.
+  """
+  scale = n_in / n_out
+  pos = np.cumsum(np.concatenate([[scale * 0.5], np.full(n_out - 1, scale)]))
+  return np.minimum(pos.astype(np.int64), n_in - 1)
+
+
+def random_scale_crop(image: np.ndarray, label: np.ndarray | None,
+                      rng: np.random.Generator | int, scales: Sequence[float],
+                      crop_size: int | Sequence[int], pad_label: int = IGNORE_LABEL
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+  """:func:`random_scale` then :func:`random_crop`, computing only the crop.
+
+  The same random draws give the same window: the scale factor ``s``, then the window's corner in
+  the rescaled (and padded) frame.  Only the source region under the window is resized (PIL's
+  ``resize(box=...)`` with the full frame's scale, so every output pixel samples the same
+  source positions with the same filter as the full resize), instead of the whole frame: at the
+  fine-tuning scales up to 2.0 a 1024x2048 Cityscapes frame would first become 2048x4096.
+  Labels are gathered with PIL's own nearest-neighbour indices (:func:`_pil_nearest_indices`):
+  exactly equal to the full resize's.  Images: equal up to 2 intensity levels (PIL rounds its
+  filter coefficients for a box from the box's origin).
+
+  Args:
+    image: uint8 (H, W, 3).
+    label: uint8 (H, W), or None.
+    rng: the generator (three draws) or a seed.
+    scales: candidate factors; the rescaled frame is ``(round(H * s), round(W * s))``.
+    crop_size: (height, width) of the window, or one int for both.
+    pad_label: label value of padded pixels (the image is padded with 0).
+
+  Returns:
+    (image (h, w, 3), label (h, w) or None).
+  """
+  _check_pair(image, label)
+  scales = tuple(float(s) for s in scales)
+  if not scales or min(scales) <= 0:
+    raise ValueError(f'scales must be a non-empty sequence of positive factors, got {scales}')
+  rng = _as_rng(rng)
+  s = scales[int(rng.integers(len(scales)))]
+  h_in, w_in = image.shape[:2]
+  hs, ws = max(1, round(h_in * s)), max(1, round(w_in * s))
+  h, w = _hw(crop_size, 'crop_size')
+  y = int(rng.integers(max(hs, h) - h + 1))
+  x = int(rng.integers(max(ws, w) - w + 1))
+  y1, x1 = min(y + h, hs), min(x + w, ws)
+  if (hs, ws) == (h_in, w_in):
+    image = image[y:y1, x:x1]
+    if label is not None:
+      label = label[y:y1, x:x1]
+  else:
+    box = (x * w_in / ws, y * h_in / hs, x1 * w_in / ws, y1 * h_in / hs)
+    image = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(
+        (x1 - x, y1 - y), Image.Resampling.BILINEAR, box=box))
+    if label is not None:
+      rows = _pil_nearest_indices(h_in, hs)[y:y1]
+      cols = _pil_nearest_indices(w_in, ws)[x:x1]
+      label = label[rows[:, None], cols[None, :]]
+  return pad_to(image, label, (h, w), pad_label)
+
+
 def random_flip(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator | int,
                 prob: float = 0.5) -> tuple[np.ndarray, np.ndarray | None]:
   """Flips image and label left-right together with probability ``prob`` (one draw)."""

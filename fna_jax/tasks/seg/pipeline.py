@@ -21,6 +21,10 @@ from fna_jax.data import transforms as T
 class SegTrainTransform(grain.transforms.RandomMap):
   """resize -> random scale -> random crop (pad 0 / 255) -> random flip -> normalize.
 
+  With ``scales`` the scale and the crop are one step
+  (:func:`~fna_jax.data.transforms.random_scale_crop`): only the crop's source region is resized,
+  not the whole frame.
+
   Attributes:
     crop_size: (height, width) of the output, pixels.
     resize_to: fixed (height, width) every image is first resized to (search: 512x1024), or None.
@@ -37,8 +41,10 @@ class SegTrainTransform(grain.transforms.RandomMap):
     if self.resize_to is not None:
       image, label = T.resize(image, label, self.resize_to)
     if self.scales is not None:
-      image, label = T.random_scale(image, label, rng, self.scales)
-    image, label = T.random_crop(image, label, rng, self.crop_size)
+      # = random_scale then random_crop (same draws), resizing only the window's source region
+      image, label = T.random_scale_crop(image, label, rng, self.scales, self.crop_size)
+    else:
+      image, label = T.random_crop(image, label, rng, self.crop_size)
     if self.flip:
       image, label = T.random_flip(image, label, rng)
     return {'image': T.normalize(image), 'label': label.astype(np.int32)}
