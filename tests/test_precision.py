@@ -87,6 +87,7 @@ def test_train_step_bfloat16_agrees_with_float32():
   assert np.linalg.norm(d_bf16 - d_f32) < 0.1 * np.linalg.norm(d_f32)
 
 
+@pytest.mark.slow
 def test_search_steps_bfloat16_agree_with_float32():
   """The search's weight step (one path) and arch step (all paths): same losses within
   LOSS_RTOL; alphas and parameters stay float32."""
