@@ -15,7 +15,11 @@ paper Tab. 2's last rows, where the ASPP rates double to 12/24/36) and without M
 1280-channel 1x1 conv, so that ``--arch=mobilenet_v2`` counts the seed's network as the task
 network uses it (MobileNetV2 + DeepLabv3, the paper's baseline) and a searched ``arch.json``
 counts what the search reported.  The head is the config's (``config.head``: DeepLabv3 for
-Cityscapes) with ``config.data.num_classes`` outputs.
+Cityscapes, SimpleBaseline for MPII, RetinaNet for COCO) with the config's outputs.  E.g. paper
+Tab. 4's MobileNetV2 RetinaNet (11.49M, 133.05B)::
+
+  python scripts/count_cost.py --config=configs/det_coco_retinanet.py --arch=mobilenet_v2 \
+      --input_size=800,1088
 """
 
 from __future__ import annotations
