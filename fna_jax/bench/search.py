@@ -310,8 +310,9 @@ def time_all(config, opts: Options) -> dict:
   sp, n, plan = sb.space, opts.compile_steps, opts.plan
   depth = [len(st.candidates) for st in sp.stages]
   h, w = sb.batch['image'].shape[1:3]
-  print(f'== search: seg space {sp.name} max layers {depth} ({sp.num_searched} searched layers, '
-        f'{sp.max_candidates} candidates), {config.head.name} head {config.head.channels} ch, '
+  print(f'== search: {config.task} space {sp.name} max layers {depth} ({sp.num_searched} '
+        f'searched layers, {sp.max_candidates} candidates; search.remat={config.search.remat}), '
+        f'{config.head.name} head {config.head.channels} ch, '
         f'{config.data.num_classes} classes, batch {sb.batch["image"].shape[0]}, {h}x{w}, '
         f'conv impl {build.conv(config, "search").keywords["impl"]}, '
         f'backend {jax.default_backend()} x{sb.mesh.size}, {os.cpu_count()} cores, '
