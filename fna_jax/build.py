@@ -46,10 +46,14 @@ SPLITS = ('train', 'val')
 
 
 # --------------------------------------------------------------------------- registries
-def _demo_segmentation(config, split: str):
-  d = config.data
-  return DemoSegmentation(split, d.num_train if split == 'train' else d.num_val, d.image_size,
-                          seed=d.data_seed)
+def _demo(source_cls):
+  """A generated demo set: ``source_cls(split, size, data.image_size, seed=data.data_seed)`` with
+  ``data.num_train`` or ``data.num_val`` examples."""
+  def make(config, split: str):
+    d = config.data
+    return source_cls(split, d.num_train if split == 'train' else d.num_val, d.image_size,
+                      seed=d.data_seed)
+  return make
 
 
 def _cityscapes(config, split: str):
@@ -57,20 +61,8 @@ def _cityscapes(config, split: str):
                           config.data.data_dir or None)
 
 
-def _demo_pose(config, split: str):
-  d = config.data
-  return DemoPose(split, d.num_train if split == 'train' else d.num_val, d.image_size,
-                  seed=d.data_seed)
-
-
 def _mpii(config, split: str):
   return MPIISource('train' if split == 'train' else 'valid', config.data.data_dir or None)
-
-
-def _demo_detection(config, split: str):
-  d = config.data
-  return DemoDetection(split, d.num_train if split == 'train' else d.num_val, d.image_size,
-                       seed=d.data_seed)
 
 
 def _coco(config, split: str):
@@ -127,8 +119,8 @@ def _retinanet(config, conv, output_stride):
 TASKS: dict[str, Callable[[Any], Task]] = {'seg': SegmentationTask, 'pose': PoseTask,
                                            'det': DetectionTask}
 DATASETS: dict[str, Callable[[Any, str], Any]] = {
-    'demo': _demo_segmentation, 'cityscapes': _cityscapes, 'pose_demo': _demo_pose,
-    'mpii': _mpii, 'det_demo': _demo_detection, 'coco': _coco}
+    'demo': _demo(DemoSegmentation), 'cityscapes': _cityscapes, 'pose_demo': _demo(DemoPose),
+    'mpii': _mpii, 'det_demo': _demo(DemoDetection), 'coco': _coco}
 def _deeplab_plus_kwargs(config, conv, output_stride):
   return dict(_deeplab_kwargs(config, conv, output_stride), low_level=config.head.low_level,
               align_corners=config.head.get('align_corners', True))

@@ -158,6 +158,7 @@ class DetectionEvaluator(base.Evaluator):
     self.detections: list[dict] = []
     self.image_ids: list[int] = []
     self.shown = 0
+    self._evaluated = (-1, None)   # (detections it was computed for, COCOeval's result)
 
   def add(self, host_batch):
     b = mesh_lib.put_batch({k: host_batch[k] for k in ('image',) + EVAL_KEYS}, self.mesh)
@@ -200,9 +201,9 @@ class DetectionEvaluator(base.Evaluator):
                 annotations=[a for a in gt['annotations'] if a['image_id'] in ids])
 
   def _evaluate(self):
-    if not hasattr(self, '_cached') or self._cached[0] != len(self.detections):
-      self._cached = (len(self.detections), coco_eval.evaluate(self._gt(), self.detections))
-    return self._cached[1]
+    if self._evaluated[0] != len(self.detections):
+      self._evaluated = (len(self.detections), coco_eval.evaluate(self._gt(), self.detections))
+    return self._evaluated[1]
 
   def result(self) -> dict[str, Any]:
     metrics, _ = self._evaluate()
