@@ -22,6 +22,7 @@ from fna_jax import arch as arch_lib
 from fna_jax import models, seeds
 from fna_jax.data import demo, pipeline
 from fna_jax.models.init import init_variables
+from fna_jax.runtime import inputs
 from fna_jax.runtime import mesh as mesh_lib
 from fna_jax.runtime import steps as steps_lib
 
@@ -59,12 +60,15 @@ def pretrain_demo_seed(arch: arch_lib.Arch, cfg: dict, cache_dir: str, *, mesh=N
   state = mesh_lib.put_replicated(
       steps_lib.init_state(tx, variables, jax.random.key(cfg['seed'])), mesh)
   source = demo.DemoClassification('train', cfg['num_examples'], size, seed=cfg['seed'])
-  it = iter(pipeline.make_cls_pipeline(source, batch_size=cfg['batch_size'], seed=cfg['seed']))
+  # uint8 batches (normalised in the step), put on the devices one step ahead.
+  it = mesh_lib.prefetch_to_mesh(
+      iter(pipeline.make_cls_pipeline(source, batch_size=cfg['batch_size'], seed=cfg['seed'])),
+      mesh)
   t0 = time.perf_counter()
   log(f'seed: pretraining {arch.name or "the seed"} on embedded demo images for {steps} steps '
       f'(batch {cfg["batch_size"]}, {size}x{size}); cached in {path}')
   for i in range(1, steps + 1):
-    state, metrics = step(state, mesh_lib.put_batch(next(it), mesh))
+    state, metrics = step(state, next(it))
     if i % max(steps // 5, 1) == 0 or i == steps:
       log(f'seed: step {i}/{steps}  loss {float(metrics["loss"]):.3f}  '
           f'{time.perf_counter() - t0:.0f}s')
@@ -81,21 +85,23 @@ def validation_accuracy(model, variables, cfg: dict, mesh) -> tuple[float, int]:
   """``(top-1 accuracy, images counted)`` of the seed on ``cfg['num_val']`` held-out images.
 
   One in-order pass of the classification pipeline (no flips, no shuffle; a last incomplete
-  global batch is dropped), batch sharded over ``mesh``, correct predictions counted on device.
+  global batch is dropped; uint8 images normalised on the device), batch sharded over ``mesh``,
+  correct predictions counted on device.
   """
   n, size = cfg['num_val'], cfg['image_size']
   source = demo.DemoClassification('val', n, size, seed=cfg['seed'])
   batch = max(32 - 32 % mesh.size, mesh.size)
   rep, data = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
   count_correct = jax.jit(
-      lambda v, x, y: jnp.sum(jnp.argmax(model.apply(v, x, False), -1) == y),
-      in_shardings=(rep, data, data), out_shardings=rep)
+      lambda v, b: jnp.sum(jnp.argmax(model.apply(v, inputs.model_images(b), False), -1)
+                           == b['label']),
+      in_shardings=(rep, data), out_shardings=rep)
   it = pipeline.make_cls_pipeline(source, batch_size=batch // jax.process_count(), flip=False,
                                   shuffle=False, num_epochs=1)
   variables = jax.device_put(variables, rep)
   correct = seen = 0
   for host_batch in it:
     b = mesh_lib.put_batch(host_batch, mesh)
-    correct += int(count_correct(variables, b['image'], b['label']))
+    correct += int(count_correct(variables, b))
     seen += b['label'].shape[0]
   return correct / max(seen, 1), seen

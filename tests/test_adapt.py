@@ -106,7 +106,7 @@ def test_recalibrate_bn_is_the_average_of_batch_statistics():
                'batch_stats': jax.tree.map(lambda a: a + 7.0, variables['batch_stats'])}
   batches = [{'image': np.random.default_rng(i).normal(i, 1 + i, (4, 8, 8, 3)).astype(np.float32)}
              for i in range(3)]
-  fwd = jax.jit(lambda v, x: model.apply(v, x, True, mutable=['batch_stats']))
+  fwd = jax.jit(lambda v, b: model.apply(v, b['image'], True, mutable=['batch_stats']))
   out = adapt.recalibrate_bn(fwd, variables, batches, momentum=0.9)
   conv = lambda x: nn.Conv(4, (3, 3)).apply({'params': variables['params']['conv']}, x)
   feats = [np.asarray(conv(b['image']), np.float64).reshape(-1, 4) for b in batches]

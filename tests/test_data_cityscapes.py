@@ -180,7 +180,8 @@ def test_mocked_source_feeds_the_pipelines(tmp_path):
     batch = next(iter(ds))
     chex.assert_shape(batch['image'], (2, 24, 40, 3))
     chex.assert_shape(batch['label'], (2, 24, 40))
-    assert batch['image'].dtype == np.float32 and batch['label'].dtype == np.int32
+    # uint8 training images (normalised in the jitted steps, fna_jax.runtime.inputs)
+    assert batch['image'].dtype == np.uint8 and batch['label'].dtype == np.int32
     assert set(np.unique(batch['label']).tolist()) <= set(range(19)) | {255}
 
     val = cityscapes.CityscapesSource('val', data_dir)

@@ -12,6 +12,7 @@ import pytest
 
 from fna_jax.data import demo
 from fna_jax.data import transforms as T
+from fna_jax.runtime import inputs
 from fna_jax.tasks.det import demo_data as D
 from fna_jax.tasks.det import pipeline as P
 
@@ -281,10 +282,15 @@ def test_train_transform_boxes_follow_the_pixels_at_scale_one(flip):
   # short 30 / 30 = 1 < long 100 / 45: factor 1, image copied as is; canvas (40, 64) pads.
   t = P.DetTrainTransform(canvas=(40, 64), scale=(30, 100), flip=True, max_boxes=5)
   out = t.random_map(src[0], np.random.default_rng(flip_seed if flip else keep_seed))
-  assert out['image'].shape == (40, 64, 3) and out['image'].dtype == np.float32
-  np.testing.assert_array_equal(out['image'][30:], 0)  # normalised, then zero padding
-  np.testing.assert_array_equal(out['image'][:, 45:], 0)
-  pixels = T.unnormalize(out['image'][:30, :45])
+  # uint8 with its extent; the steps normalise, then zero the padding (v1 pads the normalised
+  # image): fna_jax.runtime.inputs.
+  assert out['image'].shape == (40, 64, 3) and out['image'].dtype == np.uint8
+  np.testing.assert_array_equal(out['input_hw'], [30, 45])
+  x = np.asarray(inputs.model_images({'image': out['image'][None],
+                                      'input_hw': out['input_hw'][None]}))[0]
+  np.testing.assert_array_equal(x[30:], 0)
+  np.testing.assert_array_equal(x[:, 45:], 0)
+  pixels = out['image'][:30, :45]
   want = np.asarray(_BOXES, np.float32)
   if flip:
     want[:, [0, 2]] = 45 - want[:, [2, 0]] - 1  # v1 bbox_flip, written out

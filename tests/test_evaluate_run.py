@@ -40,7 +40,7 @@ def network(tmp_path_factory):
   # before fine-tuning): normalised features, so the predictions vary over the image (with the
   # initial statistics every pixel gets the same class).
   images = np.stack([T.normalize(source[i]['image']) for i in range(NUM_VAL)])
-  train_fwd = jax.jit(lambda v, x: model.apply(v, x, True, mutable=['batch_stats'],
+  train_fwd = jax.jit(lambda v, b: model.apply(v, b['image'], True, mutable=['batch_stats'],
                                                rngs={'dropout': jax.random.key(0)}))
   variables = adapt.recalibrate_bn(train_fwd, random_like(shapes, 3), [{'image': images}])
   variables = jax.device_get(variables)

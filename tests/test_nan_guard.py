@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import demo as demo_config
+from fna_jax.data import transforms as T
 from fna_jax.models.init import variable_shapes
 from fna_jax import build
 from fna_jax.runtime import loop
@@ -107,16 +108,18 @@ def test_nan_loss_stops_naming_the_step_keeps_a_finite_checkpoint_and_resumes(
   workdir = str(tmp_path_factory.mktemp('nan_adapt'))
   bad_step = 3  # after the step-2 checkpoint (checkpoint_every=2), before the step-4 one
 
-  # The cause: the batch of step 3 carries a NaN pixel, so its loss and (through the SGD update)
-  # every weight after it are NaN, as with a diverging learning rate.  bn_recalib_steps=0, so
-  # put_batch is called exactly once per training step.
+  # The cause: the batch of step 3 carries a NaN pixel (the uint8 batch replaced by its
+  # host-normalised float32 version, which the train step takes as it is), so its loss and
+  # (through the SGD update) every weight after it are NaN, as with a diverging learning rate.
+  # bn_recalib_steps=0, so put_batch is called once per batch, in order; the loop's prefetcher
+  # puts each batch PREFETCH - 1 steps ahead of its step.
   real_put_batch = mesh_lib.put_batch
   calls = []
 
   def poisoned_put_batch(batch, mesh):
     calls.append(1)
     if len(calls) == bad_step:
-      image = np.array(batch['image'])
+      image = T.normalize(np.asarray(batch['image']))
       image.flat[0] = np.nan
       batch = dict(batch, image=image)
     return real_put_batch(batch, mesh)
@@ -127,7 +130,7 @@ def test_nan_loss_stops_naming_the_step_keeps_a_finite_checkpoint_and_resumes(
   assert os.path.join(workdir, 'checkpoints') in str(e.value)
   # It ran on to the next check (the step-4 checkpoint) without waiting for the steps' losses,
   # named the first bad step there, and wrote nothing after it.
-  assert len(calls) == bad_step + 1
+  assert len(calls) == bad_step + 1 + (mesh_lib.PREFETCH - 1)
   assert not os.path.exists(os.path.join(workdir, 'model'))  # no result written
 
   # The checkpoint on disk is the one before the bad step, and all of it is finite.
@@ -149,7 +152,7 @@ def test_nan_loss_stops_naming_the_step_keeps_a_finite_checkpoint_and_resumes(
   result = run_adapt(c, workdir, search_dir, log=lines.append)
   resumed = [l for l in lines if l.startswith('resumed from')]
   assert len(resumed) == 1 and re.search(r'at step 2$', resumed[0]), lines
-  assert len(counted) == c.adapt.steps - 2
+  assert len(counted) == c.adapt.steps - 2 + (mesh_lib.PREFETCH - 1)  # + the batch put ahead
   assert result is not None
   for x in float_leaves(result.variables):
     assert np.all(np.isfinite(x))

@@ -99,12 +99,15 @@ def test_nan_loss_stops_with_last_good_checkpoint(tmp_path_factory, monkeypatch)
   real_put_batch = mesh_lib.put_batch
   weight_batches = []
 
-  def poisoned(batch, mesh):  # warm-up steps (1-8) put one weight batch each
+  def poisoned(batch, mesh):  # warm-up steps (1-8) put one weight batch each, in order
     weight_batches.append(1)
     if len(weight_batches) == 5:
-      image = np.array(batch['image'])
-      image.flat[0] = np.nan
-      batch = dict(batch, image=image)
+      # The images are uint8 (the compiled steps take nothing else): a label outside [0, C)
+      # that is not the ignore label makes the cross-entropy NaN (jnp.take_along_axis fills
+      # out-of-range gathers with NaN).
+      label = np.array(batch['label'])
+      label.flat[0] = c.data.num_classes
+      batch = dict(batch, label=label)
     return real_put_batch(batch, mesh)
 
   monkeypatch.setattr(mesh_lib, 'put_batch', poisoned)

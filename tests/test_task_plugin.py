@@ -98,8 +98,8 @@ class ToyClassification(base.Task):
                                            seed=seed))
 
   def batch_shapes(self, batch_size, stage):
-    s = self.config.data.image_size
-    return {'image': jax.ShapeDtypeStruct((batch_size, s, s, 3), jnp.float32),
+    s = self.config.data.image_size  # make_cls_pipeline: uint8 images, normalised in the steps
+    return {'image': jax.ShapeDtypeStruct((batch_size, s, s, 3), jnp.uint8),
             'label': jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
 
   def eval_data(self, source, *, batch_size):

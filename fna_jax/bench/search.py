@@ -127,18 +127,31 @@ def configure(config, *, batch: int, size: int, num_classes: int, head_channels:
 def random_batch(shapes: dict[str, jax.ShapeDtypeStruct], num_classes: int,
                  seed: int = 0) -> dict[str, np.ndarray]:
   """Host arrays of ``shapes``: floats standard normal, integers uniform in ``[0, num_classes)``;
-  detection ``'boxes'`` ``(B, M, 4)`` valid boxes (x1 < x2, y1 < y2) inside the batch's images."""
+  uint8 ``'image'`` (a training batch, normalised in the steps) uniform in ``[0, 255]``;
+  detection ``'input_hw'`` ``(B, 2)`` image extents before padding, uniform in
+  ``[size // 2, size]`` per axis, and ``'boxes'`` ``(B, M, 4)`` valid boxes (x1 < x2, y1 < y2)
+  inside each image's extent."""
   rng = np.random.default_rng(seed)
-  out = {k: (rng.standard_normal(s.shape).astype(s.dtype)
-             if jnp.issubdtype(s.dtype, jnp.floating) else
-             rng.integers(0, num_classes, s.shape).astype(s.dtype))
-         for k, s in shapes.items()}
+
+  def draw(k, s):
+    if jnp.issubdtype(s.dtype, jnp.floating):
+      return rng.standard_normal(s.shape).astype(s.dtype)
+    if k == 'image' and s.dtype == jnp.uint8:
+      return rng.integers(0, 256, s.shape).astype(np.uint8)
+    return rng.integers(0, num_classes, s.shape).astype(s.dtype)
+
+  out = {k: draw(k, s) for k, s in shapes.items()}
+  if 'image' in shapes:
+    b, h, w = shapes['image'].shape[:3]
+    extent = np.broadcast_to(np.asarray([h, w]), (b, 2))
+    if 'input_hw' in shapes:
+      extent = rng.integers(extent // 2, extent + 1)
+      out['input_hw'] = extent.astype(shapes['input_hw'].dtype)
   if 'boxes' in shapes and 'image' in shapes:
-    h, w = shapes['image'].shape[1:3]
     lo = rng.uniform(0, 0.7, shapes['boxes'].shape[:-1] + (2,))
     hi = lo + rng.uniform(0.05, 0.3, lo.shape)
-    xyxy = np.concatenate([lo, hi], -1) * np.asarray([w - 1, h - 1, w - 1, h - 1])
-    out['boxes'] = xyxy.astype(shapes['boxes'].dtype)
+    size = np.concatenate([extent[:, ::-1], extent[:, ::-1]], -1)[:, None, :] - 1  # (B, 1, 4)
+    out['boxes'] = (np.concatenate([lo, hi], -1) * size).astype(shapes['boxes'].dtype)
   return out
 
 

@@ -1,7 +1,10 @@
 """grain input pipelines: what every task's training and evaluation input shares.
 
 A pipeline is a ``grain.IterDataset``; ``it = iter(pipeline)`` yields host-local numpy batches of
-dicts (images ``float32 (B, h, w, 3)``, ImageNet-normalised RGB).  Tasks build theirs from
+dicts.  Training pipelines yield images as ``uint8 (B, h, w, 3)`` RGB, normalised on the device
+inside the jitted steps (:func:`fna_jax.runtime.inputs.model_images`: a quarter of the bytes of
+float32 sent per step); evaluation pipelines yield them ``float32``, ImageNet-normalised.
+Tasks build theirs from
 :func:`train_dataset` / :func:`eval_dataset` + :func:`iter_dataset` with their own per-example
 transform (segmentation: :mod:`fna_jax.tasks.seg.pipeline`); :func:`make_cls_pipeline` is the
 classification pipeline (``'label': int32 (B,)``) of the demo seed's pretraining.
@@ -105,14 +108,17 @@ class IndexedSource:
 
 @dataclasses.dataclass(frozen=True)
 class ClsTransform(grain.transforms.RandomMap):
-  """Classification: optional random flip -> normalize; integer label -> int32."""
+  """Classification: optional random flip; image uint8 (normalised on the device, or here with
+  ``normalize=True``); integer label -> int32."""
   flip: bool = True
+  normalize: bool = False
 
   def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
     image = np.asarray(element['image'])
     if self.flip and rng.random() < 0.5:
       image = image[:, ::-1]
-    return {'image': T.normalize(image), 'label': np.int32(element['label'])}
+    image = T.normalize(image) if self.normalize else np.ascontiguousarray(image, np.uint8)
+    return {'image': image, 'label': np.int32(element['label'])}
 
 
 def pair(size: int | Sequence[int] | None, what: str) -> tuple[int, int] | None:
@@ -242,7 +248,8 @@ def make_cls_pipeline(source: Any, *, indices: Sequence[int] | np.ndarray | None
                       batch_size: int, flip: bool = True, shuffle: bool = True, seed: int = 0,
                       num_epochs: int | None = None, drop_remainder: bool = True,
                       worker_count: int = 0, shard_by_process: bool | tuple[int, int] = True,
-                      read_threads: int = 4, prefetch_batches: int = 4) -> grain.IterDataset:
+                      read_threads: int = 4, prefetch_batches: int = 4,
+                      normalize: bool = False) -> grain.IterDataset:
   """Classification pipeline (e.g. :class:`~fna_jax.data.demo.DemoClassification` pretraining).
 
   Args:
@@ -260,9 +267,12 @@ def make_cls_pipeline(source: Any, *, indices: Sequence[int] | np.ndarray | None
       ``drop_remainder``).
     read_threads: threads reading batches.
     prefetch_batches: batches read ahead per reading process.
+    normalize: False (default): images stay uint8, for the train steps, which normalise them
+      (:func:`fna_jax.runtime.inputs.model_images`); True: float32 ImageNet-normalised here.
 
   Returns:
-    A ``grain.IterDataset`` of ``{'image': float32 (B, S, S, 3), 'label': int32 (B,)}``.
+    A ``grain.IterDataset`` of ``{'image': uint8 (B, S, S, 3) (float32 with ``normalize``),
+    'label': int32 (B,)}``.
   """
   if batch_size <= 0:
     raise ValueError(f'batch_size must be positive, got {batch_size}')
@@ -277,6 +287,6 @@ def make_cls_pipeline(source: Any, *, indices: Sequence[int] | np.ndarray | None
   if shuffle:
     ds = ds.shuffle()
   ds = ds.repeat(num_epochs)
-  ds = ds.random_map(ClsTransform(flip=bool(flip)))
+  ds = ds.random_map(ClsTransform(flip=bool(flip), normalize=bool(normalize)))
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   return iter_dataset(ds, worker_count, read_threads, prefetch_batches)

@@ -1,7 +1,8 @@
 """The one supervised train step: seed pretraining, parameter adaptation and the benchmarks use it.
 
 ``train_step(model, tx, loss_fn, state, batch)`` runs the network in training mode on
-``batch['image']`` (BatchNorm on batch statistics, its running averages updated, dropout on),
+``batch['image']`` (uint8 normalised inside the step, or float32 already normalised:
+:func:`fna_jax.runtime.inputs.model_images`; BatchNorm on batch statistics, its running averages updated, dropout on),
 takes ``loss_fn(outputs, batch)`` and applies one update of the optax transformation ``tx``.
 :func:`jit_train_step` compiles it for a mesh: the state replicated (and donated), the batch
 sharded over ``'data'``, so BatchNorm statistics are global over the mesh (SyncBN).
@@ -17,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fna_jax.runtime import inputs
 from fna_jax.runtime import mesh as mesh_lib
 from fna_jax.runtime import precision
 
@@ -40,7 +42,7 @@ def init_state(tx: optax.GradientTransformation, variables, rng) -> TrainState:
 
 def train_step(model, tx: optax.GradientTransformation, loss_fn: Callable, state: TrainState,
                batch, compute_dtype=None):
-  """One update on ``batch`` (``{'image': (B, H, W, 3), ...}``).
+  """One update on ``batch`` (``{'image': uint8 or float32 (B, H, W, 3), ...}``).
 
   ``loss_fn(outputs, batch) -> scalar``.  ``compute_dtype`` (e.g. ``jnp.bfloat16``): mixed
   precision, :mod:`fna_jax.runtime.precision`.  Returns ``(new_state, {'loss': scalar})``.
@@ -50,7 +52,7 @@ def train_step(model, tx: optax.GradientTransformation, loss_fn: Callable, state
   def loss(params):
     outputs, new = model.apply(
         {'params': precision.cast_floats(params, compute_dtype), 'batch_stats': state.batch_stats},
-        precision.cast_floats(batch['image'], compute_dtype), True, rngs={'dropout': k_drop},
+        inputs.model_images(batch, compute_dtype), True, rngs={'dropout': k_drop},
         mutable=['batch_stats'])
     if compute_dtype is not None:
       outputs = precision.to_float32(outputs)

@@ -11,8 +11,12 @@ reference implementation; a new task subclasses :class:`Task` and is registered 
 
 Conventions every task follows:
 
-* batches are dicts of host-local numpy arrays with the images under ``'image'``
-  (``float32 (B, H, W, 3)``, ImageNet-normalised) and whatever the loss and evaluator need;
+* batches are dicts of host-local numpy arrays with the images under ``'image'`` and whatever
+  the loss and evaluator need; training images are ``uint8 (B, H, W, 3)`` RGB, normalised inside
+  the jitted steps (:func:`fna_jax.runtime.inputs.model_images`; an ``'input_hw'`` entry,
+  ``int32 (B, 2)``, zeroes the bottom/right padding after normalising), or ``float32``
+  ImageNet-normalised on the host (used as they are); evaluation images are ``float32``,
+  normalised, and the evaluator feeds them to the network itself;
 * a task network is called as ``net(images, train, **body_kwargs)`` (``body_kwargs``: ``path=`` or
   ``op_weights=`` for a supernet body) and returns the outputs that :meth:`Task.loss` takes;
 * ``stage`` is ``'search'`` (architecture adaptation) or ``'adapt'`` (parameter adaptation).
@@ -98,7 +102,8 @@ class Task(abc.ABC):
 
   @abc.abstractmethod
   def batch_shapes(self, batch_size: int, stage: str) -> dict[str, jax.ShapeDtypeStruct]:
-    """Shapes of a global training batch of ``stage`` (the steps are compiled ahead of time)."""
+    """Shapes and dtypes of a global training batch of ``stage`` (the steps are compiled ahead
+    of time for them): exactly what :meth:`train_data` yields, e.g. ``'image'`` ``uint8``."""
 
   @abc.abstractmethod
   def eval_data(self, source: Any, *, batch_size: int) -> Iterator[dict[str, np.ndarray]]:

@@ -23,6 +23,7 @@ from fna_jax import arch as arch_lib
 from fna_jax.models.blocks import BN_MOMENTUM
 from fna_jax.remap import remap_variables, supernet_to_arch
 from fna_jax.spaces import SearchSpace
+from fna_jax.runtime import inputs
 from fna_jax.runtime import mesh as mesh_lib
 from fna_jax.train import optim
 
@@ -97,8 +98,9 @@ def recalibrate_bn(apply_fn: Callable, variables: Mapping[str, Any], batches: It
   Each batch's statistics are what a train-mode forward feeds its running averages (the batch
   mean and the unbiased batch variance, :class:`fna_jax.models.blocks.BatchNorm`, as torch); the
   result is their plain average over all batches (torch's ``momentum=None`` cumulative average),
-  independent of the old statistics.  ``apply_fn(variables, images) -> (logits, {'batch_stats':
-  new})`` is a (jitted) train-mode forward with ``mutable=['batch_stats']``; it is called with the
+  independent of the old statistics.  ``apply_fn(variables, batch) -> (logits, {'batch_stats':
+  new})`` is a (jitted) train-mode forward of a training batch (``{'image', ...}``; e.g.
+  :func:`jit_bn_forward`) with ``mutable=['batch_stats']``; it is called with the
   running statistics set to zero, so the update ``new = momentum * 0 + (1 - momentum) *
   batch_stat`` gives the batch statistic exactly up to the factor ``1 - momentum``.
 
@@ -108,7 +110,7 @@ def recalibrate_bn(apply_fn: Callable, variables: Mapping[str, Any], batches: It
   probe = {'params': variables['params'], 'batch_stats': zero_stats}
   total, n = None, 0
   for batch in batches:
-    _, new = apply_fn(probe, batch['image'])
+    _, new = apply_fn(probe, batch)
     stats = jax.tree.map(lambda s: s / (1.0 - momentum), new['batch_stats'])
     total = stats if total is None else jax.tree.map(jnp.add, total, stats)
     n += 1
@@ -230,11 +232,13 @@ def jit_bn_forward(model, mesh):
   Everything runs as in training, dropout included (a fixed dropout key), as a torch model in
   train mode does when its BN statistics are recomputed; with DeepLabv3+ the decoder's BN layers
   see the dropped-out ASPP output, as they do while fine-tuning.  The batch is sharded on
-  ``'data'``, so the statistics are global over the mesh.
+  ``'data'``, so the statistics are global over the mesh.  Called as ``fwd(variables, batch)``
+  on a training batch: uint8 images are normalised inside
+  (:func:`fna_jax.runtime.inputs.model_images`), float32 ones used as they are.
   """
   rep, data = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
 
-  def fwd(variables, images):
-    return model.apply(variables, images, True, mutable=['batch_stats'],
+  def fwd(variables, batch):
+    return model.apply(variables, inputs.model_images(batch), True, mutable=['batch_stats'],
                        rngs={'dropout': jax.random.key(0)})
   return jax.jit(fwd, in_shardings=(rep, data), out_shardings=rep)

@@ -142,8 +142,10 @@ def run_adapt(config, workdir: str, search_dir: str, *, log=print,
 
   train_src = build.dataset(config, 'train')
   n_train = build.train_size(config, train_src)
-  data = task.train_data(train_src, np.arange(n_train), batch_size=local_batch,
-                         seed=config.seed + 11, stage='adapt')
+  # Batches put on the devices one step ahead; data.get_state() is the consumed batches' state.
+  data = mesh_lib.prefetch_to_mesh(
+      task.train_data(train_src, np.arange(n_train), batch_size=local_batch,
+                      seed=config.seed + 11, stage='adapt'), mesh)
   total = ac.steps
   tx, lr_fn = adapt.finetune_optimizer_from_config(ac)
   step_fn = steps_lib.jit_train_step(model, tx, task.loss, mesh,
@@ -157,7 +159,7 @@ def run_adapt(config, workdir: str, search_dir: str, *, log=print,
     if ac.bn_recalib_steps > 0:
       t0 = time.perf_counter()
       fwd = adapt.jit_bn_forward(build_network(arch, config), mesh)
-      batches = (mesh_lib.put_batch(next(data), mesh) for _ in range(ac.bn_recalib_steps))
+      batches = (next(data) for _ in range(ac.bn_recalib_steps))
       variables = jax.device_get(adapt.recalibrate_bn(fwd, jax.device_put(variables, rep),
                                                       batches))
       log(f'adapt: BatchNorm statistics recomputed on {ac.bn_recalib_steps} batches '
@@ -182,7 +184,7 @@ def run_adapt(config, workdir: str, search_dir: str, *, log=print,
   progress = loop.Progress(total, config.log_every, ac.batch_size, prefix='adapt ')
   with loop.Preemption() as preempt:
     for step in range(start + 1, total + 1):
-      state, metrics = step_fn(state, mesh_lib.put_batch(next(data), mesh))
+      state, metrics = step_fn(state, next(data))
       progress.tick()
       pending.add(step, metrics)
       if progress.due(step):

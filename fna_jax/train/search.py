@@ -31,6 +31,7 @@ import optax
 from fna_jax import cost as cost_lib
 from fna_jax.models import supernet as sn
 from fna_jax.spaces import SearchSpace
+from fna_jax.runtime import inputs
 from fna_jax.runtime import mesh as mesh_lib
 from fna_jax.runtime import precision
 from fna_jax.train import optim
@@ -186,7 +187,9 @@ def weight_step(fns: SearchFns, state: SearchState, batch, uniform):
 
   Args:
     state: the search state.
-    batch: ``{'image': (B, H, W, 3) float32, ...}``: what the task's loss takes.
+    batch: ``{'image': (B, H, W, 3) uint8 (normalised in the step,
+      :func:`fna_jax.runtime.inputs.model_images`) or float32 (normalised), ...}``: what the
+      task's loss takes.
     uniform: bool scalar; True samples paths uniformly (warm-up), else from ``softmax(alphas)``.
 
   Returns:
@@ -205,7 +208,7 @@ def weight_step(fns: SearchFns, state: SearchState, batch, uniform):
   def loss(params):
     outputs, new_vars = fns.model.apply(
         {'params': precision.cast_floats(params, dt), 'batch_stats': state.batch_stats},
-        precision.cast_floats(batch['image'], dt), True, path=path,
+        inputs.model_images(batch, dt), True, path=path,
         rngs={'dropout': k_drop}, mutable=['batch_stats'])
     if dt is not None:
       outputs = precision.to_float32(outputs)
@@ -233,7 +236,7 @@ def arch_step(fns: SearchFns, state: SearchState, batch):
     w = sn.op_weights(alphas, fns.mask)
     outputs, new_vars = fns.model.apply(
         {'params': precision.cast_floats(state.params, dt), 'batch_stats': state.batch_stats},
-        precision.cast_floats(batch['image'], dt), True,
+        inputs.model_images(batch, dt), True,
         op_weights=precision.cast_floats(w, dt), rngs={'dropout': k_drop},
         mutable=['batch_stats'])
     if dt is not None:

@@ -42,6 +42,7 @@ from fna_jax.data import pipeline
 from fna_jax.models import supernet as sn
 from fna_jax.models.init import random_like, variable_shapes
 from fna_jax.remap import seed_to_supernet
+from fna_jax.runtime import inputs
 from fna_jax.runtime import loop
 from fna_jax.runtime import mesh as mesh_lib
 from fna_jax.runtime import precision
@@ -224,7 +225,9 @@ def run_search(config, workdir: str, *, log=print, stop_after: int | None = None
   w_idx, a_idx = pipeline.split_train_arch(n_train, config.data.arch_fraction, config.seed)
   mk = lambda idx, seed: task.train_data(train_src, idx, batch_size=local_batch, seed=seed,
                                          stage='search')
-  w_data, a_data = mk(w_idx, config.seed), mk(a_idx, config.seed + 1)
+  # Batches put on the devices one step ahead; their get_state() is the consumed batches' state.
+  w_data = mesh_lib.prefetch_to_mesh(mk(w_idx, config.seed), mesh)
+  a_data = mesh_lib.prefetch_to_mesh(mk(a_idx, config.seed + 1), mesh)
   steps_per_epoch = max(len(w_idx) // sc.batch_size, 1)
   sched = schedule_from_config(sc, steps_per_epoch)
   total, warmup = sched.total_steps, sched.warmup_steps
@@ -294,9 +297,9 @@ def run_search(config, workdir: str, *, log=print, stop_after: int | None = None
     for step in range(start + 1, total + 1):
       uniform = step <= warmup
       if not uniform:
-        state, am = a_step(state, mesh_lib.put_batch(next(a_data), mesh))
+        state, am = a_step(state, next(a_data))
         metrics.update(am)
-      state, wm = w_step(state, mesh_lib.put_batch(next(w_data), mesh), jnp.asarray(uniform))
+      state, wm = w_step(state, next(w_data), jnp.asarray(uniform))
       metrics.update(loss=wm['loss'])
       progress.tick()
       pending.add(step, metrics)
@@ -337,18 +340,23 @@ def run_search(config, workdir: str, *, log=print, stop_after: int | None = None
 
 def random_search(fns: search.SearchFns, state, a_data, mesh, n: int, seed: int, log,
                   batches: int = 2) -> list[int]:
-  """Scores ``n`` uniformly drawn paths (task loss + cost term on arch batches); the best."""
+  """Scores ``n`` uniformly drawn paths (task loss + cost term on arch batches); the best.
+
+  ``a_data`` yields arch-split training batches already on ``mesh``
+  (:func:`fna_jax.runtime.mesh.prefetch_to_mesh`); uint8 images are normalised in the jitted
+  scoring (:func:`fna_jax.runtime.inputs.model_images`).
+  """
   mask = fns.mask
   rep, data = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
 
   def score(state, batch, path):
     outputs = fns.model.apply({'params': state.params, 'batch_stats': state.batch_stats},
-                              batch['image'], False, path=path)
+                              inputs.model_images(batch), False, path=path)
     onehot = jax.nn.one_hot(path, mask.shape[1])
     return fns.loss_fn(outputs, batch) + search.cost_loss(onehot, fns.table, fns.lam)
 
   score = jax.jit(score, in_shardings=(rep, data, rep))
-  evals = [mesh_lib.put_batch(next(a_data), mesh) for _ in range(batches)]
+  evals = [next(a_data) for _ in range(batches)]
   keys = jax.random.split(jax.random.key(seed + 7), n)
   best, best_path = np.inf, None
   for i in range(n):

@@ -14,6 +14,11 @@ Tab. 4: an 800x1088 input, i.e. short side 800, long side at most 1088):
 * ImageNet normalisation (:func:`fna_jax.data.transforms.normalize`), then zero padding at the
   bottom and right.
 
+Training batches carry the image as ``uint8`` (padded with raw 0) and its extent before padding,
+``'input_hw'`` ``int32 (B, 2)``; the jitted steps normalise on the device and set everything
+outside that extent to 0 (:func:`fna_jax.runtime.inputs.model_images`), which is exactly v1's
+normalise-then-pad.  Evaluation batches are normalised and padded here (``float32``).
+
 Static shapes.  v1 pads each batch to a multiple of 32 of its largest image; a jitted step needs
 one shape, so every image is padded to a fixed ``canvas = (H, W)`` instead, and the factor is
 additionally capped at ``min(H / h, W / w)`` so that the rescaled image fits: with the COCO
@@ -98,7 +103,9 @@ def _canvas_image(image: np.ndarray, canvas: tuple[int, int]) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class DetTrainTransform(grain.transforms.RandomMap):
-  """rescale -> random flip -> normalize -> pad to the canvas; boxes padded to ``max_boxes``.
+  """rescale -> random flip -> pad to the canvas (uint8; normalised and its padding set to 0 on
+  the device, :func:`fna_jax.runtime.inputs.model_images`, from ``'input_hw'``, the rescaled
+  size); boxes padded to ``max_boxes``.
 
   Attributes:
     canvas: (H, W) of every output image.
@@ -118,7 +125,9 @@ class DetTrainTransform(grain.transforms.RandomMap):
       image = image[:, ::-1]
       boxes = flip_boxes(boxes, image.shape[1])
     boxes, labels = pad_boxes(boxes, element['labels'], self.max_boxes)
-    return {'image': _canvas_image(image, self.canvas), 'boxes': boxes, 'labels': labels}
+    padded, _ = T.pad_to(np.ascontiguousarray(image, np.uint8), None, self.canvas)
+    return {'image': padded, 'boxes': boxes, 'labels': labels,
+            'input_hw': np.asarray(image.shape[:2], np.int32)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,8 +200,10 @@ def make_det_pipeline(source: Any, indices: Sequence[int] | np.ndarray | None = 
       :func:`fna_jax.tasks.seg.pipeline.make_seg_pipeline`.
 
   Returns:
-    A ``grain.IterDataset`` of ``{'image': float32 (B, H, W, 3), 'boxes': float32 (B, M, 4),
-    'labels': int32 (B, M)}`` (``M = max_boxes``, padding rows label -1 and box 0).
+    A ``grain.IterDataset`` of ``{'image': uint8 (B, H, W, 3) (padded with 0; normalised in the
+    steps), 'boxes': float32 (B, M, 4), 'labels': int32 (B, M), 'input_hw': int32 (B, 2) the
+    rescaled image's (height, width) inside the canvas}`` (``M = max_boxes``, padding rows
+    label -1 and box 0).
   """
   if max_boxes <= 0:
     raise ValueError(f'max_boxes must be positive, got {max_boxes}')

@@ -104,9 +104,12 @@ class DetectionTask(base.Task):
   def batch_shapes(self, batch_size: int, stage: str):
     h, w = self.input_size(stage)
     m = self.config.data.max_boxes
-    return {'image': jax.ShapeDtypeStruct((batch_size, h, w, 3), jnp.float32),
+    # Training images are uint8 with their extent before padding ('input_hw'), normalised and
+    # zero-padded inside the steps (fna_jax.runtime.inputs).
+    return {'image': jax.ShapeDtypeStruct((batch_size, h, w, 3), jnp.uint8),
             'boxes': jax.ShapeDtypeStruct((batch_size, m, 4), jnp.float32),
-            'labels': jax.ShapeDtypeStruct((batch_size, m), jnp.int32)}
+            'labels': jax.ShapeDtypeStruct((batch_size, m), jnp.int32),
+            'input_hw': jax.ShapeDtypeStruct((batch_size, 2), jnp.int32)}
 
   def eval_data(self, source, *, batch_size: int):
     return iter(pipeline.make_det_eval_pipeline(

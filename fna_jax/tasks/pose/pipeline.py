@@ -13,7 +13,9 @@ per-process sharding, workers: see there).  Per example, as SimpleBaseline's
 * the person crop by :func:`~fna_jax.tasks.pose.affine.get_affine_transform` (bilinear), the
   visible joints moved by the same matrix;
 * Gaussian heatmap targets as its ``generate_target`` (:func:`generate_target`), ImageNet
-  normalisation.
+  normalisation: on the device for training (images sent as ``uint8``,
+  :func:`fna_jax.runtime.inputs.model_images`; the warp's border is raw 0, black, before
+  normalising, so uint8 holds it exactly), here for evaluation (``float32``).
 
 Sizes here are (height, width) as elsewhere in fna_jax; SimpleBaseline's (width, height) only
 appear inside :mod:`~fna_jax.tasks.pose.affine`.
@@ -134,7 +136,8 @@ def person_crop(element: dict[str, Any], input_size: tuple[int, int], scale_mult
 
 @dataclasses.dataclass(frozen=True)
 class PoseTrainTransform(grain.transforms.RandomMap):
-  """Random scale / rotation / flip -> person crop -> heatmap targets -> normalize.
+  """Random scale / rotation / flip -> person crop -> heatmap targets; the crop stays uint8
+  (normalised on the device: :func:`fna_jax.runtime.inputs.model_images`).
 
   Attributes:
     input_size: (height, width) of the crops.
@@ -159,7 +162,8 @@ class PoseTrainTransform(grain.transforms.RandomMap):
     c = person_crop(element, self.input_size, mult, rot, flip)
     target, weight = generate_target(c['joints'], c['visible'], self.input_size,
                                      self.heatmap_size, self.sigma)
-    return {'image': T.normalize(c['image']), 'target': target, 'target_weight': weight}
+    return {'image': np.ascontiguousarray(c['image'], np.uint8), 'target': target,
+            'target_weight': weight}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,7 +210,7 @@ def make_pose_pipeline(source: Any, indices: Sequence[int] | np.ndarray | None =
       :func:`fna_jax.tasks.seg.pipeline.make_seg_pipeline`.
 
   Returns:
-    A ``grain.IterDataset`` of ``{'image': float32 (B, h, w, 3), 'target': float32
+    A ``grain.IterDataset`` of ``{'image': uint8 (B, h, w, 3), 'target': float32
     (B, hh, hw, 16), 'target_weight': float32 (B, 16)}``.
   """
   transform = PoseTrainTransform(

@@ -66,7 +66,8 @@ class PoseTask(base.Task):
     h, w = self.input_size(stage)
     hh, hw = self.heatmap_size(stage)
     j = self.config.data.num_joints
-    return {'image': jax.ShapeDtypeStruct((batch_size, h, w, 3), jnp.float32),
+    # Training images are uint8, normalised inside the steps (fna_jax.runtime.inputs).
+    return {'image': jax.ShapeDtypeStruct((batch_size, h, w, 3), jnp.uint8),
             'target': jax.ShapeDtypeStruct((batch_size, hh, hw, j), jnp.float32),
             'target_weight': jax.ShapeDtypeStruct((batch_size, j), jnp.float32)}
 

@@ -1,8 +1,12 @@
 """grain pipelines of segmentation examples: training crops and whole-image evaluation.
 
 Built on :mod:`fna_jax.data.pipeline` (determinism, resume, per-process sharding, workers: see
-there).  Batches are host-local numpy ``{'image': float32 (B, h, w, 3), 'label': int32 (B, h, w)}``,
-images ImageNet-normalised RGB, labels class ids with 255 = ignore.
+there).  Batches are host-local numpy ``{'image': (B, h, w, 3), 'label': int32 (B, h, w)}``,
+labels class ids with 255 = ignore.  Training images are ``uint8`` RGB, ImageNet-normalised on
+the device inside the jitted steps (:func:`fna_jax.runtime.inputs.model_images`); crops padded
+with raw 0 before normalising (black), which uint8 holds exactly.  Evaluation images are
+``float32``, normalised here: sliding-window inference
+(:mod:`fna_jax.tasks.seg.inference`) pads them in normalised units.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from fna_jax.data import transforms as T
 
 @dataclasses.dataclass(frozen=True)
 class SegTrainTransform(grain.transforms.RandomMap):
-  """resize -> random scale -> random crop (pad 0 / 255) -> random flip -> normalize.
+  """resize -> random scale -> random crop (pad 0 / 255) -> random flip; image stays uint8
+  (normalised on the device: :func:`fna_jax.runtime.inputs.model_images`).
 
   With ``scales`` the scale and the crop are one step
   (:func:`~fna_jax.data.transforms.random_scale_crop`): only the crop's source region is resized,
@@ -47,7 +52,7 @@ class SegTrainTransform(grain.transforms.RandomMap):
       image, label = T.random_crop(image, label, rng, self.crop_size)
     if self.flip:
       image, label = T.random_flip(image, label, rng)
-    return {'image': T.normalize(image), 'label': label.astype(np.int32)}
+    return {'image': np.ascontiguousarray(image, np.uint8), 'label': label.astype(np.int32)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +78,8 @@ def make_seg_pipeline(source: Any, *, indices: Sequence[int] | np.ndarray | None
   """Training pipeline for segmentation (search: resize + crop + flip; fine-tuning: + scales).
 
   Per example: ``resize_to`` (bilinear / nearest) -> random scale from ``scales`` -> random
-  ``crop_size`` crop (padded with 0 / 255 when smaller) -> random flip -> normalize.  Examples are
+  ``crop_size`` crop (padded with 0 / 255 when smaller) -> random flip; images stay uint8 (the
+  train steps normalise them on the device).  Examples are
   shuffled per epoch (shuffle then repeat), batches never mix sizes and the last incomplete batch
   is dropped.
 
@@ -97,7 +103,7 @@ def make_seg_pipeline(source: Any, *, indices: Sequence[int] | np.ndarray | None
     prefetch_batches: batches read ahead per reading process.
 
   Returns:
-    A ``grain.IterDataset`` of ``{'image': float32 (B, h, w, 3), 'label': int32 (B, h, w)}``.
+    A ``grain.IterDataset`` of ``{'image': uint8 (B, h, w, 3), 'label': int32 (B, h, w)}``.
   """
   transform = SegTrainTransform(crop_size=pipeline.pair(crop_size, 'crop_size'),
                                 resize_to=pipeline.pair(resize_to, 'resize_to'),

@@ -63,8 +63,9 @@ class SegmentationTask(base.Task):
         scales=scales, flip=c.data.flip, seed=seed, worker_count=c.data.worker_count))
 
   def batch_shapes(self, batch_size: int, stage: str):
+    # Training images are uint8, normalised inside the steps (fna_jax.runtime.inputs).
     h, w = self.input_size(stage)
-    return {'image': jax.ShapeDtypeStruct((batch_size, h, w, 3), jnp.float32),
+    return {'image': jax.ShapeDtypeStruct((batch_size, h, w, 3), jnp.uint8),
             'label': jax.ShapeDtypeStruct((batch_size, h, w), jnp.int32)}
 
   def eval_data(self, source, *, batch_size: int):
