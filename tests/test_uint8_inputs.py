@@ -178,6 +178,9 @@ def test_prefetch_yields_the_batches_in_order_sharded_and_checkpoints_the_consum
   for k in range(2, 6):
     _assert_same(next(resumed), ref[k])
     _assert_same(next(pf), ref[k])
+  # set_state on a prefetcher holding batches read ahead drops them and goes back.
+  pf.set_state(state)
+  _assert_same(next(pf), ref[2])
 
 
 def test_prefetch_of_a_finite_iterator_ends_after_its_last_batch():
