@@ -225,7 +225,8 @@ def search_network(config, search_space: spaces.SearchSpace):
   c = conv(config, 'search')
   os_ = search_space.skeleton().output_stride
   body = Supernet(search_space, c, remat=config.search.remat,
-                  relaxed_impl=config.search.mixed_op)
+                  relaxed_impl=config.search.mixed_op,
+                  scan_layers=config.search.get('scan_layers', False))
   return task(config).network(body, head(config, os_, conv_module=c))
 
 
