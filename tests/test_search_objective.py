@@ -22,6 +22,7 @@ import pytest
 
 from configs import demo as demo_config
 from fna_jax.arch import Arch, Stage, Stem
+from fna_jax.data import transforms as T
 from fna_jax.models import supernet as sn
 from fna_jax.models.init import init_variables
 from fna_jax.runtime import mesh as mesh_lib
@@ -387,12 +388,14 @@ def test_argmax_derivation_moves_skips_last_and_ignores_masked_entries():
 # --------------------------------------------------------------------------- 6. random search
 def path_scores(model, table, variables, batches, paths, lam):
   """Mean over batches of the eval-mode cross-entropy of each path (relaxed forward with one-hot
-  op weights, Eq. 7) + lam * log10(the path's GMAdds), by hand."""
+  op weights, Eq. 7) + lam * log10(the path's GMAdds), by hand.  Training batches carry uint8
+  images (normalised inside the steps); here they are normalised on the host."""
   fwd = jax.jit(lambda v, x, w: model.apply(v, x, False, op_weights=w))
+  host_images = lambda b: T.normalize(np.asarray(b['image']))
   out = []
   for path in paths:
     w = jax.nn.one_hot(path, table.shape[1])
-    ce = np.mean([float(plain_cross_entropy(fwd(variables, b['image'], w), b['label']))
+    ce = np.mean([float(plain_cross_entropy(fwd(variables, host_images(b), w), b['label']))
                   for b in batches])
     out.append(float(ce) + lam * math.log10(sum(float(table[l, o])
                                                 for l, o in enumerate(path)) / 1e9))
