@@ -98,6 +98,21 @@ def _fns(space, model, variables):
                           search.arch_optimizer(lr=0.05))
 
 
+def weight_steps(w_step, state, batches, mesh):
+  """``w_step`` on each of ``batches`` (the first half with uniform paths); returns the final
+  state, the XLA compilations of each call and each call's sampled path."""
+  rep = mesh_lib.replicated(mesh)
+  events, compiles, paths = CompileEvents.get(), [], []
+  for i, b in enumerate(batches):
+    u = jax.device_put(np.bool_(i < len(batches) // 2), rep)
+    with events.window() as win:
+      state, m = w_step(state, b, u)
+      jax.block_until_ready(state)
+    compiles.append(win.compiles)
+    paths.append(tuple(np.asarray(m['path'])))
+  return state, compiles, paths
+
+
 def test_remat_steps_compile_once_and_arch_step_runs(setup):
   """New paths every weight step: one compilation (the first call), none after; the relaxed arch
   step (all paths, Eq. 7) of the remat network equals the plain one's."""
@@ -110,14 +125,7 @@ def test_remat_steps_compile_once_and_arch_step_runs(setup):
   state = jax.device_put(search.init_state(fns, jax.tree.map(jnp.copy, v), jnp.copy(alphas),
                                            jax.random.key(3)), rep)
   batches = [mesh_lib.put_batch(_batch(i), mesh) for i in range(4)]
-  flags = [jax.device_put(np.bool_(i < 2), rep) for i in range(4)]
-  events, compiles, paths = CompileEvents.get(), [], []
-  for b, u in zip(batches, flags):
-    with events.window() as win:
-      state, m = w_step(state, b, u)
-      jax.block_until_ready(state)
-    compiles.append(win.compiles)
-    paths.append(tuple(np.asarray(m['path'])))
+  state, compiles, paths = weight_steps(w_step, state, batches, mesh)
   assert compiles == [1, 0, 0, 0]
   assert len(set(paths)) > 1  # the paths changed without recompiling
 

@@ -11,7 +11,6 @@ import pytest
 
 from configs import demo, seg_cityscapes
 from fna_jax import build
-from fna_jax.bench.compiles import CompileEvents
 from fna_jax.models import supernet as sn
 from fna_jax.models.init import variable_shapes
 from fna_jax.runtime import mesh as mesh_lib
@@ -22,7 +21,7 @@ from fna_jax.tasks.seg.network import SegmentationNet
 from fna_jax.train import search
 
 from test_supernet import OPS, _norm, tiny_space
-from test_supernet_remat import PATHS, SIZE, _batch, _fns, setup  # noqa: F401 (fixture)
+from test_supernet_remat import PATHS, SIZE, _batch, _fns, setup, weight_steps  # noqa: F401
 
 
 def tiny_seg(space, scan, remat=False):
@@ -132,14 +131,8 @@ def test_scanned_weight_step_on_eight_devices_compiles_once_and_equals_plain(set
     w_step, _ = search.jit_steps(fns, mesh)
     state = jax.device_put(search.init_state(fns, jax.tree.map(jnp.copy, v), jnp.copy(alphas),
                                              jax.random.key(3)), rep)
-    events, compiles, paths = CompileEvents.get(), [], []
-    for i in range(4):
-      b, u = mesh_lib.put_batch(_batch(i, n=8), mesh), jax.device_put(np.bool_(i < 2), rep)
-      with events.window() as win:
-        state, m = w_step(state, b, u)
-        jax.block_until_ready(state)
-      compiles.append(win.compiles)
-      paths.append(tuple(np.asarray(m['path'])))
+    batches = [mesh_lib.put_batch(_batch(i, n=8), mesh) for i in range(4)]
+    state, compiles, paths = weight_steps(w_step, state, batches, mesh)
     assert compiles == [1, 0, 0, 0]
     assert len(set(paths)) > 1  # new paths without recompiling
     finals.append((jax.device_get(state), paths))
