@@ -283,10 +283,6 @@ class SuperStage(nn.Module):
     st, k = self.stage, 0
     runs = {r[0]: r for r in identical_runs(st)} if (
         self.scan_layers and path is not None and not self.is_initializing()) else {}
-    searched = {}  # layer j -> its index among this stage's searched layers
-    for j, cands in enumerate(st.candidates):
-      if len(cands) > 1:
-        searched[j] = len(searched)
     j = 0
     while j < len(st.candidates):
       cands = st.candidates[j]
@@ -297,18 +293,17 @@ class SuperStage(nn.Module):
                        self.conv)(x, train)
         j += 1
         continue
-      k = searched[j]
       if j in runs:
         run = runs[j]
         x = self._scan(x, train, run, cands, path[k:k + len(run)])
-        j += len(run)
+        j, k = j + len(run), k + len(run)
         continue
       layer = MixedLayer(self.family, cands, c_in, c_out, stride, st.dilation, self.conv,
                          remat=self.remat, relaxed_impl=self.relaxed_impl, name=f'layer{j}')
       x = layer(x, train,
                 index=None if path is None else path[k],
                 weights=None if weights is None else weights[k, :len(cands)])
-      j += 1
+      j, k = j + 1, k + 1
     return x
 
   def _scan(self, x, train, run, cands, sel):
