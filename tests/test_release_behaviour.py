@@ -123,6 +123,52 @@ def test_batch_norm_biased_running_var_option():
   np.testing.assert_allclose(new['batch_stats']['var'], want, rtol=RTOL)
 
 
+@pytest.mark.parametrize('shape', [(4, 5, 6, C), (6, 1, 1, C)], ids=['spatial', 'pooling_n6'])
+def test_batch_norm_gradients_match_torch(shape):
+  """Training-mode gradients w.r.t. input, scale and bias against torch's autograd in float64,
+  for the loss ``sum(w * bn(x))`` with random ``w``: the gradient flows through the batch mean
+  and the ``E[x^2] - E[x]^2`` variance as through torch's two-pass statistics."""
+  rng = np.random.default_rng(3)
+  variables = _variables(rng)
+  x = rng.normal(1.0, 2.0, shape).astype(np.float32)
+  w = rng.normal(0, 1, shape).astype(np.float32)
+
+  def loss(params, x):
+    y, _ = _BN().apply({'params': params, 'batch_stats': variables['batch_stats']}, x, True,
+                       mutable=['batch_stats'])
+    return jnp.sum(w * y)
+
+  d_params, dx = jax.grad(loss, argnums=(0, 1))(variables['params'], x)
+  tbn = _torch_bn(variables['params']['bn']['scale'], variables['params']['bn']['bias'])
+  tx = _nchw(x).requires_grad_(True)
+  (tbn(tx) * _nchw(w)).sum().backward()
+  np.testing.assert_allclose(dx, _nhwc(tx.grad), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(d_params['bn']['scale'], tbn.weight.grad.numpy(), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(d_params['bn']['bias'], tbn.bias.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_batch_norm_gradients_under_sharded_jit_are_global():
+  """The batch of 8 sharded over 8 devices: the input and parameter gradients are those of the
+  whole batch on one device (the statistics' gradients are global, as SyncBN's)."""
+  rng = np.random.default_rng(5)
+  variables = _variables(rng)
+  x = rng.normal(0.5, 2.0, (8, 3, 2, C)).astype(np.float32)
+  w = rng.normal(0, 1, x.shape).astype(np.float32)
+
+  def loss(params, x):
+    y, _ = _BN().apply({'params': params, 'batch_stats': variables['batch_stats']}, x, True,
+                       mutable=['batch_stats'])
+    return jnp.sum(w * y)
+
+  grad = jax.grad(loss, argnums=(0, 1))
+  want = grad(variables['params'], x)
+  mesh = mesh_lib.make_mesh(jax.devices()[:8])
+  got = jax.jit(grad)(jax.device_put(variables['params'], NamedSharding(mesh, P())),
+                      jax.device_put(x, NamedSharding(mesh, P('data'))))
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(np.asarray(g), w, rtol=1e-5, atol=1e-6),
+               got, want)
+
+
 # --------------------------------------------------------------------------- head dropout
 @pytest.mark.parametrize('head_name', ['deeplabv3', 'deeplabv3+'])
 def test_head_dropout_drops_whole_channels(head_name):
