@@ -145,26 +145,23 @@ def _depthwise_taps_bwd(stride, dilation, padding, residuals, g):
   * input gradient: the transposed conv, ``dx[u] = sum_a g~[u + a*d] * kernel[k-1-a]`` where ``g~``
     is ``g`` with ``stride - 1`` zeros between its pixels and ``d*(k-1) - p`` zeros before; one
     fused loop over ``dx``.
-  * kernel gradient: ``dk[a, b, c] = sum_{n,i,j} g[n,i,j,c] * window_ab(xp)[n,i,j,c]``, one tap
-    per iteration of a loop over the k*k taps (``lax.map``; the window's offset is the loop
-    index), so the compiled program holds one tap's code, not k*k copies: unrolled, the kernel
-    gradients were the largest part of the search supernet's compile time (the paper's space
-    has 6 depthwise convs of sizes 3, 5, 7 per searched layer).  Inside a tap the sum over output
-    rows (or columns, whichever has the larger divisor <= 16) is unrolled, q terms in one fused
-    loop whose output is q times smaller than the window, then summed over the rest.  (A plain
-    ``jnp.sum`` of the products becomes an XLA:CPU library reduction that cannot read strided
-    windows: each window would be written out first, 2x slower.)  The unrolled sum must not run
-    over the batch axis: under data parallelism that axis is sharded, and XLA's SPMD partitioner
-    mis-compiles a sum of strided batch slices that hold one image each (one image counted
-    twice, another dropped; seen with jax/jaxlib 0.10.2).  Each tap keeps the batch axis; one
-    ``jnp.sum`` over it after the loop becomes per-device sums and one all-reduce.
+  * kernel gradient: ``dk[a, b, c] = sum_{n,i,j} g[n,i,j,c] * window_ab(xp)[n,i,j,c]``; the sum
+    over output rows (or columns, whichever has the larger divisor <= 16) is unrolled, q terms
+    inside one fused loop per tap whose output is q times smaller than the windows, then one
+    plain ``jnp.sum`` over the batch and the rest.  (A plain ``jnp.sum`` of the products becomes
+    an XLA:CPU library reduction that cannot read strided windows: each window would be written
+    out first, 2x slower.)  The unrolled sum must not run over the batch axis: under data
+    parallelism that axis is sharded, and XLA's SPMD partitioner mis-compiles a sum of strided
+    batch slices that hold one image each (one image counted twice, another dropped; seen with
+    jax/jaxlib 0.10.2).  The final ``jnp.sum`` over the batch becomes per-device sums and an
+    all-reduce.
   """
   xp, kernel = residuals
   _, h_out, w_out, c = g.shape
   kh, kw = kernel.shape[:2]
   h, w = xp.shape[1] - 2 * padding, xp.shape[2] - 2 * padding
   # Materialise g once: otherwise XLA recomputes g's producer (BN backward, ReLU6 mask) inside
-  # every one of the terms below that read it (k*k in dx, q in each tap of dk).
+  # every one of the k*k + k*k*q terms below that read it.
   g = lax.optimization_barrier(g)
 
   lo_h, lo_w = dilation * (kh - 1) - padding, dilation * (kw - 1) - padding
@@ -176,8 +173,7 @@ def _depthwise_taps_bwd(stride, dilation, padding, residuals, g):
   dx = _taps(g_dilated, kernel[::-1, ::-1], h, w, 1, dilation)
 
   # Output rows (axis 0) or columns (axis 1) i, i + q, i + 2q, ... are summed as q unrolled terms
-  # of one fused loop per tap; the batch axis is left whole (see the docstring).  The windows of
-  # xp start at the tap's offset (a*d, b*d), cut out by a dynamic slice of the loop index.
+  # of one fused loop per tap; the batch axis is left whole (see the docstring).
   q_rows = _largest_divisor_at_most(h_out, _MAX_UNROLLED_TERMS)
   q_cols = _largest_divisor_at_most(w_out, _MAX_UNROLLED_TERMS)
   axis, q = (0, q_rows) if q_rows >= q_cols else (1, q_cols)
@@ -185,23 +181,18 @@ def _depthwise_taps_bwd(stride, dilation, padding, residuals, g):
   count[axis] //= q
   g_step, x_step = [1, 1], [stride, stride]
   g_step[axis], x_step[axis] = q, stride * q
-  span = ((h_out - 1) * stride + 1, (w_out - 1) * stride + 1)
-
-  def tap_sums(tap):
-    """(N, C): ``sum_{i,j} g[n,i,j,c] * window_ab(xp)[n,i,j,c]`` for ``tap = a * kw + b``."""
-    xw = lax.dynamic_slice(xp, (0, (tap // kw) * dilation, (tap % kw) * dilation, 0),
-                           (xp.shape[0], span[0], span[1], c))
-    acc = None
-    for i in range(q):
-      g_start, x_start = [0, 0], [0, 0]
-      g_start[axis] += i
-      x_start[axis] += stride * i
-      term = _window(g, g_start, count, g_step) * _window(xw, x_start, count, x_step)
-      acc = term if acc is None else acc + term
-    return jnp.sum(acc, axis=(1, 2))
-
-  per_tap = lax.map(tap_sums, jnp.arange(kh * kw))  # (kh*kw, N, C)
-  dk = jnp.sum(per_tap, axis=1).reshape(kh, kw, 1, c)
+  partial_sums = []
+  for a in range(kh):
+    for b in range(kw):
+      acc = None
+      for i in range(q):
+        g_start, x_start = [0, 0], [a * dilation, b * dilation]
+        g_start[axis] += i
+        x_start[axis] += stride * i
+        term = _window(g, g_start, count, g_step) * _window(xp, x_start, count, x_step)
+        acc = term if acc is None else acc + term
+      partial_sums.append(acc)  # (N, H_out/q, W_out, C) or (N, H_out, W_out/q, C)
+  dk = jnp.sum(jnp.stack(partial_sums), axis=(1, 2, 3)).reshape(kh, kw, 1, c)
   return dx.astype(xp.dtype), dk.astype(kernel.dtype)
 
 
