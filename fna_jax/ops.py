@@ -109,6 +109,8 @@ def _pad_hw(x, padding):
 
 # Unrolled terms per fused loop in the depthwise kernel gradient (bounds compile time).
 _MAX_UNROLLED_TERMS = 16
+# Kernels with more rows compute their kernel gradient in a loop over the rows (compile time).
+_MAX_UNROLLED_KERNEL_ROWS = 3
 
 
 def _largest_divisor_at_most(n: int, limit: int) -> int:
@@ -150,11 +152,16 @@ def _depthwise_taps_bwd(stride, dilation, padding, residuals, g):
     inside one fused loop per tap whose output is q times smaller than the windows, then one
     plain ``jnp.sum`` over the batch and the rest.  (A plain ``jnp.sum`` of the products becomes
     an XLA:CPU library reduction that cannot read strided windows: each window would be written
-    out first, 2x slower.)  The unrolled sum must not run over the batch axis: under data
-    parallelism that axis is sharded, and XLA's SPMD partitioner mis-compiles a sum of strided
-    batch slices that hold one image each (one image counted twice, another dropped; seen with
-    jax/jaxlib 0.10.2).  The final ``jnp.sum`` over the batch becomes per-device sums and an
-    all-reduce.
+    out first, 2x slower.)  Kernels of more than 3 rows (5x5, 7x7) run their rows as a loop
+    (``lax.map``; the rows of ``xp`` that kernel row ``a`` reads cut out by a dynamic slice along
+    H, the row's kw taps unrolled inside), so the program holds one row's code instead of kh
+    copies: unrolled, these k*k*q terms were the largest part of the search supernet's compile
+    time (6 depthwise convs of sizes 3, 5, 7 per searched layer), and the loop measured no
+    slower (README, search benchmark; a loop over single taps was, 1.2x).  The unrolled sum must
+    not run over the batch axis: under data parallelism that axis is sharded, and XLA's SPMD
+    partitioner mis-compiles a sum of strided batch slices that hold one image each (one image
+    counted twice, another dropped; seen with jax/jaxlib 0.10.2).  The final ``jnp.sum`` over
+    the batch becomes per-device sums and an all-reduce.
   """
   xp, kernel = residuals
   _, h_out, w_out, c = g.shape
@@ -181,18 +188,28 @@ def _depthwise_taps_bwd(stride, dilation, padding, residuals, g):
   count[axis] //= q
   g_step, x_step = [1, 1], [stride, stride]
   g_step[axis], x_step[axis] = q, stride * q
-  partial_sums = []
-  for a in range(kh):
-    for b in range(kw):
-      acc = None
-      for i in range(q):
-        g_start, x_start = [0, 0], [a * dilation, b * dilation]
-        g_start[axis] += i
-        x_start[axis] += stride * i
-        term = _window(g, g_start, count, g_step) * _window(xp, x_start, count, x_step)
-        acc = term if acc is None else acc + term
-      partial_sums.append(acc)  # (N, H_out/q, W_out, C) or (N, H_out, W_out/q, C)
-  dk = jnp.sum(jnp.stack(partial_sums), axis=(1, 2, 3)).reshape(kh, kw, 1, c)
+  def tap_sums(xr, b):
+    """(N, H_out/q, W_out, C) or (N, H_out, W_out/q, C): the q-term partial sums of
+    ``g * window_ab(xp)``, where ``xr`` holds the rows of ``xp`` that kernel row ``a`` reads."""
+    acc = None
+    for i in range(q):
+      g_start, x_start = [0, 0], [0, b * dilation]
+      g_start[axis] += i
+      x_start[axis] += stride * i
+      term = _window(g, g_start, count, g_step) * _window(xr, x_start, count, x_step)
+      acc = term if acc is None else acc + term
+    return acc
+
+  span_h = (h_out - 1) * stride + 1  # rows of xp that one kernel row's windows read
+  if kh <= _MAX_UNROLLED_KERNEL_ROWS:
+    partial_sums = [tap_sums(lax.slice_in_dim(xp, a * dilation, a * dilation + span_h, axis=1), b)
+                    for a in range(kh) for b in range(kw)]
+    dk = jnp.sum(jnp.stack(partial_sums), axis=(1, 2, 3)).reshape(kh, kw, 1, c)
+  else:
+    def row_sums(a):  # (kw, N, C)
+      xr = lax.dynamic_slice_in_dim(xp, a * dilation, span_h, axis=1)
+      return jnp.sum(jnp.stack([tap_sums(xr, b) for b in range(kw)]), axis=(2, 3))
+    dk = jnp.sum(lax.map(row_sums, jnp.arange(kh)), axis=2).reshape(kh, kw, 1, c)
   return dx.astype(xp.dtype), dk.astype(kernel.dtype)
 
 

@@ -132,17 +132,21 @@ class PointwiseTest(chex.TestCase):
 
 @pytest.mark.skipif(jax.device_count() < 8, reason='needs 8 (simulated) devices')
 @pytest.mark.parametrize('n', (8, 16))   # 1 and 2 images per device
-@pytest.mark.parametrize('groups, c_out, stride', [(4, 4, 1), (4, 4, 2), (1, 6, 2), (2, 6, 1)],
-                         ids=['depthwise', 'depthwise_s2', 'kxk', 'kxk_grouped'])
-def test_gradients_with_batch_sharded_over_8_devices(n, groups, c_out, stride):
+@pytest.mark.parametrize('groups, c_out, stride, k',
+                         [(4, 4, 1, 3), (4, 4, 2, 3), (4, 4, 1, 7), (4, 4, 2, 5), (1, 6, 2, 3),
+                          (2, 6, 1, 3)],
+                         ids=['depthwise', 'depthwise_s2', 'depthwise_k7', 'depthwise_k5_s2',
+                              'kxk', 'kxk_grouped'])
+def test_gradients_with_batch_sharded_over_8_devices(n, groups, c_out, stride, k):
   """Data parallelism: gradients with the batch split over 8 devices equal the 1-device ones.
 
   Regression test: the depthwise kernel gradient once summed the batch with strided slices
   (images i, i+q, ...) of the sharded batch axis, which XLA's SPMD partitioner mis-compiles when a
-  slice holds one image (n == q): one image counted twice, another dropped.
+  slice holds one image (n == q): one image counted twice, another dropped.  5x5 and 7x7
+  depthwise kernels take the other code path (their kernel rows as a loop).
   """
   from fna_jax.runtime import mesh as mesh_lib
-  x, kern = _inputs(n + groups, n, 9, 10, 4, (3, 3, 4 // groups, c_out))
+  x, kern = _inputs(n + groups, n, 9, 10, 4, (k, k, 4 // groups, c_out))
 
   def loss(x, kern):
     y = ops.conv2d(x, kern, stride=stride, groups=groups, impl='cpu')
@@ -211,3 +215,16 @@ def test_default_impl_env(monkeypatch):
     ops.default_impl()
   monkeypatch.delenv(ops.ENV_VAR)
   assert ops.default_impl() == ('cpu' if jax.default_backend() == 'cpu' else 'xla')
+
+
+@pytest.mark.parametrize('k, looped', [(3, False), (5, True), (7, True)])
+def test_depthwise_kernel_gradient_loops_over_rows_of_large_kernels(k, looped):
+  """5x5 and 7x7 kernels compute their kernel gradient as a loop over the kernel rows (one row's
+  code in the program, for compile time); 3x3 ones unroll their 9 taps."""
+  x, kern = _inputs(k, 2, 9, 9, 4, (k, k, 1, 4))
+  grad = jax.grad(lambda k_: jnp.sum(jnp.sin(ops.conv2d(x, k_, groups=4, impl='cpu'))))
+  jaxpr = jax.make_jaxpr(grad)(kern)
+  loops = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == 'scan']
+  assert len(loops) == (1 if looped else 0)
+  if looped:
+    assert loops[0].params['length'] == k
