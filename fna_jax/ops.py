@@ -156,7 +156,7 @@ def _depthwise_taps_bwd(stride, dilation, padding, residuals, g):
     (``lax.map``; the rows of ``xp`` that kernel row ``a`` reads cut out by a dynamic slice along
     H, the row's kw taps unrolled inside), so the program holds one row's code instead of kh
     copies: unrolled, these k*k*q terms took about half of the search supernet's XLA compile
-    time (6 depthwise convs of sizes 3, 5, 7 per searched layer), and the loop measured no
+    time (6 depthwise convs of sizes 3, 5, 7 per searched layer); the weight step measured no
     slower (README, search benchmark; a loop over single taps was 1.2x slower).  The unrolled
     sum must not run over the batch axis: under data parallelism that axis is sharded, and XLA's
     SPMD partitioner mis-compiles a sum of strided batch slices that hold one image each (one
