@@ -31,7 +31,8 @@ def get_config(variant: str | None = None):
   c.head.update(channels=64, num_convs=2, octave_base_scale=2)
   c.search.update(epochs=8, warmup_epochs=4, batch_size=16, w_lr=0.02, w_lr_start=0.02 / 3,
                   w_lr_warmup_steps=30, w_lr_steps=(6,), a_lr=3e-3, lam=0.08,
-                  random_candidates=10)
+                  random_candidates=10,
+                  remat=False)   # the README's demo figures were measured without remat
   c.adapt.update(steps=1000, batch_size=16, lr=0.02, warmup_steps=30, warmup_start_lr=0.02 / 3,
                  lr_steps=(750,))
   c.eval.update(batch_size=20, num_visualize=4)

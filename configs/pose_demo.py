@@ -21,7 +21,8 @@ def get_config():
   c.space.ops = ('k3_e3', 'k3_e6', 'k5_e6')
   c.head.update(channels=64)
   c.search.update(epochs=6, warmup_epochs=2, batch_size=32, w_lr=2e-3, w_lr_steps=(5,),
-                  a_lr=3e-3, lam=3e-5, random_candidates=10)
+                  a_lr=3e-3, lam=3e-5, random_candidates=10,
+                  remat=False)   # the README's demo figures were measured without remat
   c.adapt.update(steps=400, batch_size=32, lr=2e-3, lr_steps=(300,))
   c.eval.update(batch_size=40, num_visualize=4)
   c.cost_input_size = (96, 96)

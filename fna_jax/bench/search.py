@@ -316,7 +316,8 @@ def make_subject(sb: Setup, kind: str, n_calls: int) -> SearchSubject:
 def time_all(config, opts: Options) -> dict:
   """Compiles, counts and times every subject in this process; prints the figures.
 
-  Returns ``{'img_s': {kind: img/s}, 'xla_peak_bytes': {kind: bytes}}``.
+  Returns ``{'img_s': {kind: img/s}, 'median_s': {kind: s}, 'first_call_s': {kind: s},
+  'xla_peak_bytes': {kind: bytes}, 'xla_temp_bytes': {kind: bytes}}``.
   """
   t_setup = time.perf_counter()
   sb = setup(config, opts.path_seed)
@@ -371,19 +372,20 @@ def time_all(config, opts: Options) -> dict:
 
   print("memory (XLA's buffer assignment of each step's executable: arguments + outputs - "
         'aliased (donated) + temporaries):', flush=True)
-  peaks = {}
+  peaks, temps = {}, {}
   for kind in RSS_KINDS:
     ss = by_kind[kind]
     m, how = memory.xla_buffers(ss.jitted, *ss.args())
     if m is None:
       print(f'   {ss.subject.name:<26s} {how}', flush=True)
       continue
-    peaks[kind] = m['peak']
+    peaks[kind], temps[kind] = m['peak'], m['temp']
     gb = memory.gb
     print(f'   {ss.subject.name:<26s} {gb(m["peak"])} (arguments {gb(m["argument"])}, '
           f'temporaries {gb(m["temp"])}, outputs {gb(m["output"])}, aliased '
           f'{gb(m["alias"])}); {how}', flush=True)
-  return {'img_s': rate, 'xla_peak_bytes': peaks}
+  return {'img_s': rate, 'median_s': med, 'xla_peak_bytes': peaks, 'xla_temp_bytes': temps,
+          'first_call_s': {s.kind: s.first_call_s for s in subjects}}
 
 
 def measure_alone(config, opts: Options, kind: str) -> dict:
@@ -422,6 +424,49 @@ def _print_rss(kind: str, r: dict) -> None:
         f'in {r["xla_compile_s"]:.1f} s)', flush=True)
 
 
+def goal_lines(summary: dict, rss: dict) -> list[str]:
+  """The search steps' performance goals, each as ``figure (goal: met|MISSED)`` from this run.
+
+  Goals (all ratios of this run): the weight step on path P no slower than the standalone
+  network of P (the authors' PyTorch supernet trains a path at its standalone network's speed)
+  and its XLA temporaries and peak RSS at most 1.3x that network's; the fused relaxed op at
+  least 1.5x the naive sum's speed; each full-space search step's first call (trace, compile,
+  one step) within 60 s.  A figure this run lacks (no RSS processes) is skipped.
+  """
+  def verdict(ok):
+    return 'met' if ok else 'MISSED'
+
+  med, rate, temps = summary['median_s'], summary['img_s'], summary.get('xla_temp_bytes', {})
+  first = summary.get('first_call_s', {})
+  lines = []
+  r = med['weight_fixed'] / med['standalone']
+  lines.append(f'weight step (path P) time / standalone arch(P)\'s: {r:.2f} (goal <= 1.0: '
+               f'{verdict(r <= 1.0)})')
+  if 'weight' in temps and temps.get('standalone'):
+    r = temps['weight'] / temps['standalone']
+    lines.append(f'weight step XLA temporaries / standalone arch(P)\'s: {r:.2f} (goal <= 1.3: '
+                 f'{verdict(r <= 1.3)})')
+  if 'weight' in rss and 'standalone' in rss:
+    r = rss['weight']['steps_peak_rss'] / rss['standalone']['steps_peak_rss']
+    lines.append(f'weight step peak RSS / standalone arch(P)\'s: {r:.2f} (goal <= 1.3: '
+                 f'{verdict(r <= 1.3)})')
+  r = rate['arch_fused'] / rate['arch']
+  lines.append(f'fused relaxed op speed / naive sum\'s: {r:.2f} (goal >= 1.5: '
+               f'{verdict(r >= 1.5)})')
+  for kind in ('weight', 'arch'):
+    if kind in first:
+      lines.append(f'{NAMES[kind]} first call: {first[kind]:.0f} s (goal <= 60 s: '
+                   f'{verdict(first[kind] <= 60)})')
+  return lines
+
+
+def print_goals(summary: dict, rss: dict) -> None:
+  print('goals (set for the default paper configuration, batch 8, 321x321; figures of this run):',
+        flush=True)
+  for line in goal_lines(summary, rss):
+    print(f'   {line}', flush=True)
+
+
 def print_summary(summary: dict, rss: dict) -> None:
   """This run's headline figures, then the labelled PyTorch reference (no ratio)."""
   rate, peaks = summary['img_s'], summary['xla_peak_bytes']
@@ -443,6 +488,7 @@ def print_summary(summary: dict, rss: dict) -> None:
         f'{mem("arch_fused")}', flush=True)
   print(f'   standalone MobileNetV2:  {rate["mobilenet_v2"]:6.2f} img/s; '
         f'memory {mem("mobilenet_v2")}', flush=True)
+  print_goals(summary, rss)
   a = PYTORCH_REFERENCE
   print(PYTORCH_REFERENCE_LABEL, flush=True)
   print(f'   single-path weight step: {a["weight_img_s"]} img/s; peak memory '
