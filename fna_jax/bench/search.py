@@ -35,6 +35,8 @@ Figures:
   the loaded executable, variables, optimiser state and the step's buffers.  With ``rss=True``
   the compilation and timing run in a fresh process too, and the calling process only
   orchestrates, so that no measurement shares a process with another's memory.
+* goals (:func:`goal_lines`): the search steps' performance goals, each with this run's figure
+  and ``met`` or ``MISSED``; they were set for the default configuration (batch 8, 321x321).
 
 Reference figures of the authors' PyTorch supernet (:data:`PYTORCH_REFERENCE`) are printed after
 this run's, labelled: they were measured earlier, on another network, and are not compared.
