@@ -12,7 +12,7 @@ with the weight step's optimiser: the derived architecture of a sampled path P a
 
 - ``weight step (random paths)``: a new path every step (uniform, then from softmax(alpha));
 - ``weight step (path P)``: the same compiled function with alphas peaked on P, so every step
-  trains P: its time over ``standalone arch(P)`` is the supernet's overhead (target <= 1.3);
+  trains P: its time over ``standalone arch(P)`` is the supernet's overhead (goal: see below);
 - ``arch step (all paths)``: the relaxed mixed op computed naively (``search.mixed_op='naive'``:
   every candidate block on its own);
 - ``arch step (all paths, fused)``: the same step with ``search.mixed_op='fused'`` (the MBConv
@@ -355,9 +355,8 @@ def time_all(config, opts: Options) -> dict:
     measure.report(s.subject, stats[s.subject.name])
 
   print('ratios (median step times, same run):', flush=True)
-  r_fixed = med['weight_fixed'] / med['standalone']
-  print(f'   weight step (path P) / standalone arch(P) train step: {r_fixed:.2f} '
-        f'(target <= 1.3: {"met" if r_fixed <= 1.3 else "MISSED"})', flush=True)
+  print(f'   weight step (path P) / standalone arch(P) train step: '
+        f'{med["weight_fixed"] / med["standalone"]:.2f}', flush=True)
   print(f'   weight step (random paths) / standalone arch(P):      '
         f'{med["weight"] / med["standalone"]:.2f}', flush=True)
   print(f'   arch step / weight step (random paths):               '
