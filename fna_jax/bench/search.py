@@ -432,13 +432,13 @@ def goal_lines(summary: dict, rss: dict) -> list[str]:
   network of P (the authors' PyTorch supernet trains a path at its standalone network's speed)
   and its XLA temporaries and peak RSS at most 1.3x that network's; the fused relaxed op at
   least 1.5x the naive sum's speed; each full-space search step's first call (trace, compile,
-  one step) within 60 s.  A figure this run lacks (no RSS processes) is skipped.
+  one step) within 60 s.  A memory figure this run lacks (no RSS processes, or no XLA
+  buffer analysis of a step) is skipped.
   """
   def verdict(ok):
     return 'met' if ok else 'MISSED'
 
-  med, rate, temps = summary['median_s'], summary['img_s'], summary.get('xla_temp_bytes', {})
-  first = summary.get('first_call_s', {})
+  med, rate, temps = summary['median_s'], summary['img_s'], summary['xla_temp_bytes']
   lines = []
   r = med['weight_fixed'] / med['standalone']
   lines.append(f'weight step (path P) time / standalone arch(P)\'s: {r:.2f} (goal <= 1.0: '
@@ -455,9 +455,8 @@ def goal_lines(summary: dict, rss: dict) -> list[str]:
   lines.append(f'fused relaxed op speed / naive sum\'s: {r:.2f} (goal >= 1.5: '
                f'{verdict(r >= 1.5)})')
   for kind in ('weight', 'arch'):
-    if kind in first:
-      lines.append(f'{NAMES[kind]} first call: {first[kind]:.0f} s (goal <= 60 s: '
-                   f'{verdict(first[kind] <= 60)})')
+    t = summary['first_call_s'][kind]
+    lines.append(f'{NAMES[kind]} first call: {t:.0f} s (goal <= 60 s: {verdict(t <= 60)})')
   return lines
 
 
