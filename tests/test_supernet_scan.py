@@ -117,17 +117,18 @@ def test_relaxed_forward_and_evaluation_are_unchanged(setup):
 @pytest.mark.skipif(jax.device_count() < 8, reason='needs 8 (simulated) devices')
 def test_scanned_weight_step_on_eight_devices_compiles_once_and_equals_plain(setup):
   """Four weight steps on 8 devices (batch sharded, BatchNorm statistics global over the mesh)
-  with new paths each: the scanned network compiles once and ends in the same state as the
-  plain one (whose 1-vs-8-device agreement ``test_supernet`` checks).  XLA fuses the two graphs
-  differently, so states agree relative to how far the steps moved them (1e-3, as there); a
-  layer's statistics or gradients lost or swapped under sharding is O(1)."""
+  with new paths each: the scanned network, and the scanned and rematerialised one (the paper
+  configs' default), each compile once and end in the same state as the plain one (whose
+  1-vs-8-device agreement ``test_supernet`` checks).  XLA fuses the graphs differently, so
+  states agree relative to how far the steps moved them (1e-3, as there); a layer's statistics
+  or gradients lost or swapped under sharding is O(1)."""
   space, v = setup
   mesh = mesh_lib.make_mesh(jax.devices()[:8])
   rep = mesh_lib.replicated(mesh)
   alphas = sn.init_alphas(jax.random.key(2), space)
   finals = []
-  for scan in (False, True):
-    fns = _fns(space, tiny_seg(space, scan), v)
+  for scan, remat in ((False, False), (True, False), (True, True)):
+    fns = _fns(space, tiny_seg(space, scan, remat), v)
     w_step, _ = search.jit_steps(fns, mesh)
     state = jax.device_put(search.init_state(fns, jax.tree.map(jnp.copy, v), jnp.copy(alphas),
                                              jax.random.key(3)), rep)
@@ -136,13 +137,14 @@ def test_scanned_weight_step_on_eight_devices_compiles_once_and_equals_plain(set
     assert compiles == [1, 0, 0, 0]
     assert len(set(paths)) > 1  # new paths without recompiling
     finals.append((jax.device_get(state), paths))
-  (s0, p0), (s1, p1) = finals
-  assert p0 == p1
-  for name in ('params', 'batch_stats'):
-    a, b = getattr(s0, name), getattr(s1, name)
-    diff = _norm(jax.tree.map(np.subtract, a, b))
-    moved = _norm(jax.tree.map(np.subtract, a, jax.device_get(v[name])))
-    assert moved > 0 and diff <= 1e-3 * moved, (name, diff, moved)
+  (s0, p0) = finals[0]
+  for s1, p1 in finals[1:]:
+    assert p1 == p0
+    for name in ('params', 'batch_stats'):
+      a, b = getattr(s0, name), getattr(s1, name)
+      diff = _norm(jax.tree.map(np.subtract, a, b))
+      moved = _norm(jax.tree.map(np.subtract, a, jax.device_get(v[name])))
+      assert moved > 0 and diff <= 1e-3 * moved, (name, diff, moved)
 
 
 @pytest.mark.parametrize('scan', [False, True])
