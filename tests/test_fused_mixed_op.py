@@ -1,10 +1,12 @@
-"""The fused relaxed mixed op (``MixedLayer(relaxed_impl='fused')``) equals the naive one.
+"""The fused relaxed mixed ops (``MixedLayer(relaxed_impl='fused' | 'fused_padded')``) equal the
+naive one.
 
 Paper Sec. 3.2.2, Eq. 7: a searched layer's relaxed output is ``sum_o softmax(alpha)_o * o(x)``.
-The naive forward runs every candidate block; the fused one runs the MBConv candidates as one wide
-block (concatenated expansion, one zero-padded depthwise conv).  Both must give the same outputs
-(train and eval mode), the same updated BatchNorm statistics under the same variable paths, and
-the same gradients w.r.t. the parameters, the input and the architecture parameters.
+The naive forward runs every candidate block; the fused ones run the MBConv candidates as wide
+blocks (concatenated expansion, one depthwise conv per kernel size, or one over all candidates with
+the kernels zero-padded).  They must give the same outputs (train and eval mode), the same updated
+BatchNorm statistics under the same variable paths, and the same gradients w.r.t. the parameters,
+the input and the architecture parameters.
 
 Tolerances (float32): outputs are BatchNorm-normalised and mixed with weights summing to 1, so they
 are O(1); the fused path differs from the naive one only in summation order (the wide 1x1 conv is
@@ -53,14 +55,31 @@ def _random_cases(n, seed=0):
 
 
 # (candidates, c_in, c_out, stride, dilation): hand-picked to cover residual and non-residual
-# layers, stride 2, dilation 2, skip, expansion 1 (run unfused) and 3 kernel sizes at once; then
-# random ones.
+# layers, stride 2, dilation 2, skip, expansion 1 (run unfused), 3 kernel sizes at once, and
+# kernel sizes shared by two candidates ('fused' runs those as one block) or held by one (a block
+# of its own); then random ones.
 CASES = [
-    (('k3_e3', 'skip', 'k5_e6', 'k3_e1', 'k7_e3'), 8, 8, 1, 1),    # residual, skip, all kernels
-    (('k5_e3', 'k3_e6', 'skip'), 8, 8, 1, 2),                      # residual, dilated
-    (('k3_e6', 'k7_e3', 'k5_e3'), 8, 16, 2, 1),                    # stride 2, no residual
-    (('k3_e3', 'k5_e6', 'k3_e1'), 8, 12, 1, 2),                    # c_in != c_out, dilated
+    (('k3_e3', 'skip', 'k5_e6', 'k3_e1', 'k7_e3', 'k3_e6'), 8, 8, 1, 1),  # residual, all kernels
+    (('k5_e3', 'k3_e6', 'skip', 'k5_e6'), 8, 8, 1, 2),                    # residual, dilated
+    (('k7_e6', 'k3_e6', 'k7_e3', 'k5_e3'), 8, 16, 2, 1),                  # stride 2, no residual
+    (('k3_e3', 'k5_e6', 'k3_e1', 'k5_e3'), 8, 12, 1, 2),                  # c_in != c_out, dilated
 ] + [pytest.param(c, marks=pytest.mark.slow) for c in _random_cases(3)]
+FUSED = ('fused', 'fused_padded')
+
+
+def _with_impls(cases, ids, padded_by_default):
+  """``cases`` (each a tuple of test arguments, or a ``pytest.param`` of one) for both fused
+  forms, the impl appended.  'fused_padded' differs from 'fused' only in how the candidates are
+  grouped (one block instead of one per kernel size), so by default it runs only the ids in
+  ``padded_by_default``, the rest in the slow run."""
+  out = []
+  for case, id_ in zip(cases, ids):
+    values, marks = (case.values, case.marks) if hasattr(case, 'values') else (case, ())
+    for impl in FUSED:
+      slow = impl == 'fused_padded' and id_ not in padded_by_default
+      out.append(pytest.param(*values, impl, id=f'{id_}-{impl}',
+                              marks=tuple(marks) + ((pytest.mark.slow,) if slow else ())))
+  return out
 
 
 def _layer(case, impl, conv_impl='cpu'):
@@ -114,12 +133,16 @@ def _assert_trees_close(got, want, rtol, atol):
                                err_msg=jax.tree_util.keystr(path))
 
 
-@pytest.mark.parametrize('train', [True, False], ids=['train', 'eval'])
-@pytest.mark.parametrize('case', CASES, ids=[f'case{i}' for i in range(len(CASES))])
-def test_forward_and_batch_stats(case, train):
+@pytest.mark.parametrize(
+    'case,train,impl',
+    _with_impls([pytest.param(c.values[0], t, marks=c.marks) if hasattr(c, 'values') else (c, t)
+                 for c in CASES for t in (True, False)],
+                [f'case{i}-{t}' for i in range(len(CASES)) for t in ('train', 'eval')],
+                padded_by_default={'case0-train', 'case2-train'}))
+def test_forward_and_batch_stats(case, train, impl):
   variables, x, alphas = _setup(case)
   y_naive, st_naive = _run(case, 'naive', variables, x, alphas, train)
-  y_fused, st_fused = _run(case, 'fused', variables, x, alphas, train)
+  y_fused, st_fused = _run(case, impl, variables, x, alphas, train)
   assert y_fused.shape == y_naive.shape
   np.testing.assert_allclose(y_fused, y_naive, rtol=RTOL, atol=ATOL)
   # Same variable paths updated, to the same values (train); unchanged in eval mode.
@@ -154,32 +177,35 @@ def _assert_grads_close(got, want):
                                err_msg=jax.tree_util.keystr(path))
 
 
-@pytest.mark.parametrize('case,train', [(c, True) for c in CASES[:4]] + [(CASES[0], False)],
-                         ids=['case0-train', 'case1-train', 'case2-train', 'case3-train',
-                              'case0-eval'])
-def test_gradients(case, train):
+@pytest.mark.parametrize(
+    'case,train,impl',
+    _with_impls([(c, True) for c in CASES[:4]] + [(CASES[0], False)],
+                ['case0-train', 'case1-train', 'case2-train', 'case3-train', 'case0-eval'],
+                padded_by_default={'case0-train'}))
+def test_gradients(case, train, impl):
   """Gradients w.r.t. every parameter, the input and the alphas (through softmax, Eq. 7)."""
   variables, x, alphas = _setup(case, seed=3)
   g_naive = _grads(case, 'naive', variables, x, alphas, train)
-  g_fused = _grads(case, 'fused', variables, x, alphas, train)
+  g_fused = _grads(case, impl, variables, x, alphas, train)
   assert jax.tree.structure(g_fused) == jax.tree.structure(g_naive)
   _assert_grads_close(g_fused, g_naive)
 
 
-def test_xla_convolutions():
+@pytest.mark.parametrize('impl', _with_impls([()], ['xla'], padded_by_default=()))
+def test_xla_convolutions(impl):
   """The fused convolutions go through the layer's conv implementation: 'xla' agrees too."""
   case = CASES[0]
   variables, x, alphas = _setup(case, conv_impl='xla')
   y_naive, st_naive = _run(case, 'naive', variables, x, alphas, True, 'xla')
-  y_fused, st_fused = _run(case, 'fused', variables, x, alphas, True, 'xla')
+  y_fused, st_fused = _run(case, impl, variables, x, alphas, True, 'xla')
   np.testing.assert_allclose(y_fused, y_naive, rtol=RTOL, atol=ATOL)
   _assert_trees_close(st_fused, st_naive, RTOL, ATOL)
-  _assert_grads_close(_grads(case, 'fused', variables, x, alphas, True, 'xla'),
+  _assert_grads_close(_grads(case, impl, variables, x, alphas, True, 'xla'),
                       _grads(case, 'naive', variables, x, alphas, True, 'xla'))
 
 
 def _tiny_space():
-  a = ('k3_e3', 'k5_e6', 'k7_e3')
+  a = ('k3_e3', 'k5_e6', 'k7_e3', 'k5_e3')
   return SearchSpace('mbconv', Stem(8, 3, 2), (
       SpaceStage(8, 8, (('k3_e1',),)),
       SpaceStage(8, 12, (a,), stride=2),
@@ -187,12 +213,14 @@ def _tiny_space():
   ), name='tiny')
 
 
-def test_supernet_relaxed_and_single_path():
+@pytest.mark.parametrize('impl,fewer_matmuls', [
+    ('fused', 1), pytest.param('fused_padded', 3, marks=pytest.mark.slow)])
+def test_supernet_relaxed_and_single_path(impl, fewer_matmuls):
   """Through Supernet/SuperStage: relaxed outputs and statistics agree; single path and init are
   the same modules in both (identical results)."""
   space = _tiny_space()
   x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
-  naive, fused = sn.Supernet(space, relaxed_impl='naive'), sn.Supernet(space, relaxed_impl='fused')
+  naive, fused = sn.Supernet(space, relaxed_impl='naive'), sn.Supernet(space, relaxed_impl=impl)
   v_naive = jax.jit(naive.init)(jax.random.key(1), x)
   v_fused = jax.jit(fused.init)(jax.random.key(1), x)
   _assert_trees_close(v_fused, v_naive, 0, 0)
@@ -202,14 +230,14 @@ def test_supernet_relaxed_and_single_path():
   relaxed = lambda net: jax.jit(lambda v: net.apply(v, x, True, op_weights=w,
                                                     mutable=['batch_stats']))(variables)
   (f_n, s_n), (f_f, s_f) = relaxed(naive), relaxed(fused)
-  # The fused layers did run: one expansion matmul per searched layer instead of one per
-  # candidate (3 fewer in each of the 3 layers: 3 fused candidates, the 1x1 convs are matmuls
-  # with conv impl 'cpu').
+  # The fused layers did run: one expansion matmul per wide block instead of one per candidate
+  # (the 1x1 convs are matmuls with conv impl 'cpu'); in each of the 3 searched layers 'fused'
+  # runs k5_e6 and k5_e3 as one block (1 fewer), 'fused_padded' all 4 candidates (3 fewer).
   def matmuls(net):
     jaxpr = jax.make_jaxpr(lambda v: net.apply(v, x, True, op_weights=w,
                                                mutable=['batch_stats']))(variables)
     return str(jaxpr).count('dot_general')
-  assert matmuls(naive) - matmuls(fused) == 3 * 2
+  assert matmuls(naive) - matmuls(fused) == 3 * fewer_matmuls
   np.testing.assert_allclose(f_f['out'], f_n['out'], rtol=RTOL, atol=ATOL)
   _assert_trees_close(s_f, s_n, RTOL, ATOL)
   path = jnp.asarray([2, 1, 3], jnp.int32)
@@ -224,8 +252,9 @@ def test_config_switch_reaches_the_supernet():
   assert config.search.mixed_op == 'naive'  # the default search is unchanged
   space = build.space(config)
   assert build.search_network(config, space).backbone.relaxed_impl == 'naive'
-  config.search.mixed_op = 'fused'
-  assert build.search_network(config, space).backbone.relaxed_impl == 'fused'
+  for impl in FUSED:
+    config.search.mixed_op = impl
+    assert build.search_network(config, space).backbone.relaxed_impl == impl
 
 
 def test_unknown_impl_is_an_error():

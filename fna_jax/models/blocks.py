@@ -58,30 +58,57 @@ class BatchNorm(nn.Module):
   def __call__(self, x, use_running_average: bool | None = None):
     use_running_average = nn.merge_param('use_running_average', self.use_running_average,
                                          use_running_average)
-    c = x.shape[-1]
-    ra_mean = self.variable('batch_stats', 'mean', lambda s: jnp.zeros(s, jnp.float32), (c,))
-    ra_var = self.variable('batch_stats', 'var', lambda s: jnp.ones(s, jnp.float32), (c,))
-    scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
-    bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
-    xf = jnp.asarray(x, jnp.float32)
+    ra_mean, ra_var, scale, bias = batch_norm_variables(self, x.shape[-1])
     if use_running_average:
       mean, var = ra_mean.value, ra_var.value
     else:
-      axes = tuple(range(x.ndim - 1))
-      mean = jnp.mean(xf, axes)
-      # Biased, what the batch is normalised with; E[x^2] - E[x]^2 as flax's nn.BatchNorm (one
-      # pass), so the forward pass is flax's.
-      var = jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
+      mean, var = batch_moments(x)
       if not self.is_initializing():
-        n = x.size // c  # elements per channel (global under a sharded jit: shapes are global)
-        running_var = var * (n / (n - 1)) if self.unbiased_running_var and n > 1 else var
-        m = self.momentum
-        ra_mean.value = m * ra_mean.value + (1.0 - m) * mean
-        ra_var.value = m * ra_var.value + (1.0 - m) * running_var
-    y = (xf - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
-    # The input's dtype (bfloat16 under mixed precision, fna_jax.runtime.precision); float32 for
-    # integer inputs.
-    return jnp.asarray(y, x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32)
+        update_running_averages(ra_mean, ra_var, mean, var, x.size // x.shape[-1],
+                                self.momentum, self.unbiased_running_var)
+    return normalise(x, mean, var, scale, bias, self.epsilon)
+
+
+def batch_norm_variables(mdl: nn.Module, c: int):
+  """Declares (or reads) a BatchNorm's variables in ``mdl``'s compact method, for ``c`` channels.
+
+  Returns ``(ra_mean, ra_var, scale, bias)``: the running averages as flax ``Variable`` s
+  (collection ``batch_stats``, ``mean`` 0 and ``var`` 1 at init), ``scale`` (1) and ``bias`` (0)
+  as ``(c,)`` float32 params: the names and collections of flax's ``nn.BatchNorm``.
+  """
+  ra_mean = mdl.variable('batch_stats', 'mean', lambda s: jnp.zeros(s, jnp.float32), (c,))
+  ra_var = mdl.variable('batch_stats', 'var', lambda s: jnp.ones(s, jnp.float32), (c,))
+  scale = mdl.param('scale', nn.initializers.ones, (c,), jnp.float32)
+  bias = mdl.param('bias', nn.initializers.zeros, (c,), jnp.float32)
+  return ra_mean, ra_var, scale, bias
+
+
+def batch_moments(x):
+  """Per-channel batch mean and biased variance of ``x`` ``(..., C)`` over all but the last axis:
+  two ``(C,)`` float32 arrays, the variance as flax's ``nn.BatchNorm`` computes it (one pass,
+  ``E[x^2] - E[x]^2``, clamped at 0)."""
+  xf = jnp.asarray(x, jnp.float32)
+  axes = tuple(range(x.ndim - 1))
+  mean = jnp.mean(xf, axes)
+  return mean, jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
+
+
+def update_running_averages(ra_mean, ra_var, mean, var, n: int, momentum: float,
+                            unbiased: bool = True):
+  """``new = momentum * old + (1 - momentum) * batch`` for the running mean and variance
+  (``Variable`` s); the batch variance ``var`` (biased) is made unbiased, ``var * n / (n - 1)``
+  with ``n`` the elements per channel, when ``unbiased`` and ``n > 1`` (torch's update)."""
+  running_var = var * (n / (n - 1)) if unbiased and n > 1 else var
+  ra_mean.value = momentum * ra_mean.value + (1.0 - momentum) * mean
+  ra_var.value = momentum * ra_var.value + (1.0 - momentum) * running_var
+
+
+def normalise(x, mean, var, scale, bias, epsilon: float):
+  """``(x - mean) / sqrt(var + epsilon) * scale + bias`` per channel (last axis), in float32, in
+  ``x``'s dtype (bfloat16 under mixed precision, :mod:`fna_jax.runtime.precision`; float32 for
+  integer inputs)."""
+  y = (jnp.asarray(x, jnp.float32) - mean) * (jax.lax.rsqrt(var + epsilon) * scale) + bias
+  return jnp.asarray(y, x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32)
 
 
 def batch_norm(train: bool, name: str) -> BatchNorm:

@@ -21,8 +21,8 @@ BatchNorm statistics and affine parameters live in every op and are trained in t
 
 The relaxed forward has two implementations with the same variables and the same results
 (``relaxed_impl``, from the config key ``search.mixed_op``): ``'naive'`` runs every candidate
-block on its own; ``'fused'`` runs the MBConv candidates as one wide block (see
-:class:`MixedLayer`).
+block on its own; ``'fused'`` and ``'fused_padded'`` run the MBConv candidates as wide blocks
+(see :class:`MixedLayer`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ import numpy as np
 
 from fna_jax.models.backbone import last_conv, stem
 from fna_jax import arch as arch_lib
-from fna_jax.models.blocks import BatchNorm, make_block
+from fna_jax.models.blocks import (BN_EPS, BN_MOMENTUM, BatchNorm, batch_moments,
+                                   batch_norm_variables, make_block, normalise,
+                                   update_running_averages)
 from fna_jax.ops import Conv, conv2d
 from fna_jax.spaces import SearchSpace, SpaceStage
 
@@ -80,7 +82,7 @@ def argmax_path(alphas: jax.Array, mask: np.ndarray) -> np.ndarray:
   return np.asarray(jnp.argmax(masked_logits(alphas, mask), axis=-1))
 
 
-RELAXED_IMPLS = ('naive', 'fused')
+RELAXED_IMPLS = ('naive', 'fused', 'fused_padded')
 
 
 def _conv_impl(conv) -> str | None:
@@ -95,22 +97,54 @@ def _fusable(family: str, op_name: str) -> bool:
   return family == arch_lib.MBCONV and not op.is_skip and op.expansion != 1
 
 
+class _BatchNormSlot(nn.Module):
+  """A :class:`~fna_jax.models.blocks.BatchNorm`'s variables (same names, same collections) for a
+  caller that normalises the channels of several BatchNorms in one pass.
+
+  ``__call__(moments, n, train)`` returns ``(mean, var, scale, bias)``, each ``(C,)``: in
+  training the given batch ``moments`` (``(mean, biased var)`` of this BatchNorm's channels,
+  ``n`` elements per channel), after updating the running averages with them exactly as the
+  BatchNorm does; in eval the running averages (``moments`` is then ``None``).
+  """
+
+  @nn.compact
+  def __call__(self, moments, n: int, train: bool, c: int):
+    ra_mean, ra_var, scale, bias = batch_norm_variables(self, c)
+    if not train:
+      return ra_mean.value, ra_var.value, scale, bias
+    mean, var = moments
+    update_running_averages(ra_mean, ra_var, mean, var, n, BN_MOMENTUM)
+    return mean, var, scale, bias
+
+
+def _wide_batch_norm(x, slots, bounds, train: bool):
+  """Channels ``bounds[i]:bounds[i + 1]`` of ``x`` normalised by BatchNorm ``slots[i]`` (its own
+  statistics and affine parameters), all in one pass over ``x``: BatchNorm is per channel, so
+  this is each BatchNorm applied to its slice of channels, without slicing ``x``."""
+  moments = batch_moments(x) if train else None
+  n = x.size // x.shape[-1]
+  stats = [slot(None if moments is None else (moments[0][a:b], moments[1][a:b]), n, train, b - a)
+           for slot, a, b in zip(slots, bounds[:-1], bounds[1:])]
+  mean, var, scale, bias = (jnp.concatenate(v) for v in zip(*stats))
+  return normalise(x, mean, var, scale, bias, BN_EPS)
+
+
 class _MBConvParts(nn.Module):
   """An :class:`~fna_jax.models.blocks.MBConv`'s variables, used piece by piece.
 
   Named as the candidate (``name=op``), it addresses the very variables the ``MBConv`` of that
   name owns (``expand_conv``, ``expand_bn``, ``dw_conv``, ``dw_bn``, ``project_conv``,
-  ``project_bn``: same paths, same modules for the BatchNorms and the projection), so that
-  :class:`MixedLayer`'s fused forward can run the convolutions of several candidates at once
-  while each candidate's BatchNorms normalise, and update the running statistics of, its own
-  channels exactly as in the MBConv.  Used only after ``init`` (the MBConv creates the variables).
+  ``project_bn``: same paths), so that :class:`MixedLayer`'s fused forward can run the
+  convolutions and the BatchNorms of several candidates at once while each candidate's
+  BatchNorms normalise, and update the running statistics of, its own channels exactly as in
+  the MBConv.  Used only after ``init`` (the MBConv creates the variables).
   """
   c_out: int
   conv: Any = Conv
 
   def setup(self):
-    self.expand_bn = BatchNorm()
-    self.dw_bn = BatchNorm()
+    self.expand_bn = _BatchNormSlot()
+    self.dw_bn = _BatchNormSlot()
     self.project_conv = self.conv(self.c_out, 1)
     self.project_bn = BatchNorm()
 
@@ -118,13 +152,8 @@ class _MBConvParts(nn.Module):
     """The kernel of conv ``conv_name`` (``'expand_conv'`` or ``'dw_conv'``), read as it is."""
     return self.variables['params'][conv_name]['kernel']
 
-  def expand_act(self, h, train: bool):
-    """ReLU6(expand_bn(h)), ``h`` this candidate's channels of the fused expansion."""
-    return jax.nn.relu6(self.expand_bn(h, use_running_average=not train))
-
   def project(self, h, train: bool):
-    """project_bn(project_conv(ReLU6(dw_bn(h)))), ``h`` this candidate's depthwise output."""
-    h = jax.nn.relu6(self.dw_bn(h, use_running_average=not train))
+    """project_bn(project_conv(h)), ``h`` this candidate's ReLU6(dw_bn(depthwise)) output."""
     return self.project_bn(self.project_conv(h), use_running_average=not train)
 
 
@@ -149,23 +178,29 @@ class MixedLayer(nn.Module):
 
   * ``'naive'``: every candidate block runs on its own.
   * ``'fused'``: the MBConv candidates with an expansion conv (the others, ``skip`` and
-    expansion-1 ops, run on their own) as one wide block.  Their expansion kernels, concatenated
-    on the output axis, make one 1x1 conv ``c_in -> sum_o hidden_o``; each candidate's
-    ``expand_bn`` normalises its own channels of it (BatchNorm is per channel: the statistics are
-    the candidate's own), ReLU6; their depthwise kernels, zero-padded (centred) to the largest
-    kernel ``K``, make ONE depthwise conv over all hidden channels with the layer's stride and
-    dilation (a ``k x k`` kernel centred in ``K x K`` zeros with padding ``d (K - 1) / 2`` reads
-    the same pixels with the same weights as the ``k x k`` kernel with padding ``d (k - 1) / 2``,
-    and the output size is the same); then per candidate its ``dw_bn``, ReLU6, ``project_conv``
-    and ``project_bn`` (batch statistics per candidate), plus ``x`` where the candidate has a
-    residual.  The fused convolutions read the candidates' kernels from this module's variables
-    (``self.variables``), and the BatchNorms and projections are the candidates' own modules,
-    addressed through :class:`_MBConvParts` named as the candidate: the fused forward reads and
-    updates exactly the variables (``{op}/expand_conv/kernel``, ``{op}/expand_bn/...``, ...) the
-    naive one does, with the same values, so checkpoints, remapping and derivation do not see
-    the difference.  Equal to ``'naive'`` up to float rounding (the wide matmul may sum in
-    another order).  It trades the smaller kernels' zero taps (more multiply-adds in the
-    depthwise conv) for fewer, larger convolutions.
+    expansion-1 ops, run on their own) as one wide block per kernel size, i.e. the candidates
+    that share a depthwise kernel size together (MobileNetV2's space: ``k3_e3`` and ``k3_e6``,
+    ``k5_e3`` and ``k5_e6``, ``k7_e3`` and ``k7_e6``).  Their expansion kernels, concatenated on
+    the output axis, make one 1x1 conv ``c_in -> sum_o hidden_o``; one BatchNorm pass over it
+    normalises each candidate's channels with that candidate's own ``expand_bn`` (statistics,
+    scale, bias: BatchNorm is per channel), ReLU6; their depthwise kernels make ONE depthwise
+    conv over all the block's hidden channels with the layer's stride and dilation, then each
+    candidate's ``dw_bn`` the same way, ReLU6; then per candidate its ``project_conv`` and
+    ``project_bn`` (batch statistics per candidate), plus ``x`` where the layer has a residual.
+    The arithmetic is the naive sum's.
+  * ``'fused_padded'``: the same with all fusable candidates in ONE wide block, their depthwise
+    kernels zero-padded (centred) to the largest kernel ``K`` (a ``k x k`` kernel centred in
+    ``K x K`` zeros with padding ``d (K - 1) / 2`` reads the same pixels with the same weights
+    as the ``k x k`` kernel with padding ``d (k - 1) / 2``, and the output size is the same):
+    fewer, larger convolutions for more multiply-adds (the smaller kernels' zero taps; 1.77x
+    the depthwise work in MobileNetV2's space).
+
+  Both fused forms read the candidates' kernels from this module's variables
+  (``self.variables``) and address the BatchNorms and projections through
+  :class:`_MBConvParts` named as the candidate: they read and update exactly the variables
+  (``{op}/expand_conv/kernel``, ``{op}/expand_bn/...``, ...) the naive one does, with the same
+  values, so checkpoints, remapping and derivation do not see the difference.  Equal to
+  ``'naive'`` up to float rounding (the wide matmul may sum in another order).
   """
   family: str
   candidates: tuple[str, ...]
@@ -175,7 +210,7 @@ class MixedLayer(nn.Module):
   dilation: int = 1
   conv: Any = Conv  # ops.Conv or ops.conv_module(impl)
   remat: bool = False  # single path: rematerialise each branch (see the class docstring)
-  relaxed_impl: str = 'naive'  # 'naive' | 'fused': see above
+  relaxed_impl: str = 'naive'  # one of RELAXED_IMPLS: see above
 
   @nn.compact
   def __call__(self, x, train: bool = False, index=None, weights=None):
@@ -199,7 +234,7 @@ class MixedLayer(nn.Module):
       raise ValueError(f'{self.name}: give exactly one of index (single path) or weights '
                        '(relaxed)')
     if weights is not None:
-      if self.relaxed_impl == 'fused':
+      if self.relaxed_impl != 'naive':
         return self._fused_relaxed(x, train, weights, branches)
       return sum(weights[o] * b(self, x) for o, b in enumerate(branches))
     if self.remat:
@@ -208,34 +243,48 @@ class MixedLayer(nn.Module):
     return nn.switch(index, branches, self, x)
 
   def _fused_relaxed(self, x, train, weights, branches):
-    """``sum_o weights[o] * o(x)`` with the fusable candidates as one wide block (class doc)."""
+    """``sum_o weights[o] * o(x)`` with the fusable candidates as wide blocks (class doc)."""
     fused = [o for o, op in enumerate(self.candidates) if _fusable(self.family, op)]
     outs = {o: branches[o](self, x) for o in range(len(self.candidates)) if o not in fused}
-    if fused:
-      ops = [arch_lib.parse_op(self.candidates[o]) for o in fused]
-      parts = [_MBConvParts(self.c_out, self.conv, name=op.name) for op in ops]
-      hidden = [self.c_in * op.expansion for op in ops]
-      bounds = np.cumsum([0] + hidden)
-      k_max = max(op.kernel for op in ops)
-      impl = _conv_impl(self.conv)
-      # One 1x1 conv c_in -> sum(hidden): the candidates' expansion kernels side by side.
-      w_expand = jnp.concatenate([p.kernel('expand_conv') for p in parts], axis=3)
-      e = conv2d(x, w_expand, impl=impl)
-      h = jnp.concatenate([p.expand_act(e[..., bounds[i]:bounds[i + 1]], train)
-                           for i, p in enumerate(parts)], axis=-1)
-      # One depthwise conv: each (k, k, 1, hidden) kernel centred in a (K, K) frame of zeros.
-      def centred(w, k):
-        pad = (k_max - k) // 2
-        return jnp.pad(w, ((pad, pad), (pad, pad), (0, 0), (0, 0)))
-      w_dw = jnp.concatenate([centred(p.kernel('dw_conv'), op.kernel)
-                              for p, op in zip(parts, ops)], axis=3)
-      d = conv2d(h, w_dw, stride=self.stride, dilation=self.dilation, groups=int(bounds[-1]),
-                 impl=impl)
-      residual = self.stride == 1 and self.c_in == self.c_out
-      for i, (o, p) in enumerate(zip(fused, parts)):
-        y = p.project(d[..., bounds[i]:bounds[i + 1]], train)
-        outs[o] = y + x if residual else y
+    kernel = {o: arch_lib.parse_op(self.candidates[o]).kernel for o in fused}
+    if self.relaxed_impl == 'fused_padded':
+      groups = [fused] if fused else []
+    else:  # one group per kernel size
+      groups = [[o for o in fused if kernel[o] == k] for k in sorted(set(kernel.values()))]
+    for group in groups:
+      outs.update(self._wide_block(x, train, group))
     return sum(weights[o] * outs[o] for o in range(len(self.candidates)))
+
+  def _wide_block(self, x, train, group):
+    """The outputs ``{o: o(x)}`` of MBConv candidates ``group`` run as one wide block."""
+    ops = [arch_lib.parse_op(self.candidates[o]) for o in group]
+    parts = [_MBConvParts(self.c_out, self.conv, name=op.name) for op in ops]
+    bounds = np.cumsum([0] + [self.c_in * op.expansion for op in ops])
+    k_max = max(op.kernel for op in ops)
+    impl = _conv_impl(self.conv)
+    # One 1x1 conv c_in -> sum(hidden): the candidates' expansion kernels side by side.
+    w_expand = jnp.concatenate([p.kernel('expand_conv') for p in parts], axis=3)
+    h = conv2d(x, w_expand, impl=impl)
+    h = jax.nn.relu6(_wide_batch_norm(h, [p.expand_bn for p in parts], bounds, train))
+    # One depthwise conv: each (k, k, 1, hidden) kernel centred in a (K, K) frame of zeros (no
+    # zeros where the group's kernels are all K x K).
+    def centred(w, k):
+      pad = (k_max - k) // 2
+      return jnp.pad(w, ((pad, pad), (pad, pad), (0, 0), (0, 0)))
+    w_dw = jnp.concatenate([centred(p.kernel('dw_conv'), op.kernel)
+                            for p, op in zip(parts, ops)], axis=3)
+    h = conv2d(h, w_dw, stride=self.stride, dilation=self.dilation, groups=int(bounds[-1]),
+               impl=impl)
+    h = jax.nn.relu6(_wide_batch_norm(h, [p.dw_bn for p in parts], bounds, train))
+    # Per candidate: its projection and project_bn.  ``jnp.split`` (``lax.split``), not slicing:
+    # the gradient of a split is one concatenate, that of each slice a zero-padded copy of the
+    # whole wide tensor (measured: six times slower steps).
+    residual = self.stride == 1 and self.c_in == self.c_out
+    outs = {}
+    for o, p, h_o in zip(group, parts, jnp.split(h, [int(b) for b in bounds[1:-1]], axis=-1)):
+      y = p.project(h_o, train)
+      outs[o] = y + x if residual else y
+    return outs
 
 
 def identical_runs(stage: SpaceStage) -> list[list[int]]:
