@@ -82,8 +82,10 @@ def get_config() -> ml_collections.ConfigDict:
       # Same results up to float rounding; the arch step is unchanged.
       scan_layers=True,
       # How the arch step's relaxed mixed op (Eq. 7) is computed: 'naive' (each candidate block
-      # on its own) or 'fused' (the MBConv candidates as one wide block); same variables and the
-      # same numbers up to float rounding.
+      # on its own), 'fused' (the MBConv candidates that share a kernel size as one wide block)
+      # or 'fused_padded' (all of them as one block, kernels zero-padded to the largest); same
+      # variables and the same numbers up to float rounding.  'naive' is the fastest on CPU
+      # (README, performance).
       mixed_op='naive')
   c.adapt = dict(                           # parameter adaptation (paper Sec. 4.1.1)
       init='supernet',                      # 'supernet' (FNA++), 'seed' (FNA) or 'random'

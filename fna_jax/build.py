@@ -220,7 +220,7 @@ def search_network(config, search_space: spaces.SearchSpace):
   """The network searched over: ``Supernet(search_space)`` + ``config.head.name``;
   ``config.search.remat`` rematerialises the mixed layers' branches in the single-path weight
   step (less memory, same results) and ``config.search.mixed_op`` chooses how the relaxed mixed
-  op is computed (``'naive'`` or ``'fused'``, the same numbers):
+  op is computed (``'naive'``, ``'fused'`` or ``'fused_padded'``, the same numbers):
   :class:`~fna_jax.models.supernet.MixedLayer`."""
   c = conv(config, 'search')
   os_ = search_space.skeleton().output_stride

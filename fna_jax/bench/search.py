@@ -16,8 +16,10 @@ with the weight step's optimiser: the derived architecture of a sampled path P a
 - ``arch step (all paths)``: the relaxed mixed op computed naively (``search.mixed_op='naive'``:
   every candidate block on its own);
 - ``arch step (all paths, fused)``: the same step with ``search.mixed_op='fused'`` (the MBConv
-  candidates of each layer as one wide block, :class:`fna_jax.models.supernet.MixedLayer`; the
-  same variables and numbers): its time over the naive one is the fusion's gain;
+  candidates of each layer that share a kernel size as one wide block,
+  :class:`fna_jax.models.supernet.MixedLayer`; the same variables and numbers), or with
+  ``'fused_padded'`` (all of them as one block, kernels zero-padded) when the config asks for
+  that form: its time over the naive one is the fusion's gain;
 - ``standalone arch(P)``; ``standalone MobileNetV2``.
 
 Figures:
@@ -167,7 +169,7 @@ class Setup:
   fns: search.SearchFns
   w_step: Any          # jitted weight step (state, batch, uniform) -> (state, metrics)
   a_step: Any          # jitted arch step (state, batch) -> (state, metrics), naive mixed op
-  a_step_fused: Any    # the same, search.mixed_op='fused'
+  a_step_fused: Any    # the same, search.mixed_op=fused_form(config)
   variables: Any       # supernet + head variables (numpy)
   path: np.ndarray     # the sampled path P, int32 (L,)
   path_arch: arch_lib.Arch
@@ -179,9 +181,16 @@ def _with_mixed_op(config, mixed_op: str):
   return c
 
 
+def fused_form(config) -> str:
+  """The fused mixed op the benchmark times: ``config.search.mixed_op`` when it names a fused
+  form, else ``'fused'``."""
+  return config.search.mixed_op if config.search.mixed_op != 'naive' else 'fused'
+
+
 def setup(config, path_seed: int = 0) -> Setup:
-  """The search network, its cost table and jitted steps (the arch step with the naive and the
-  fused mixed op, whatever ``config.search.mixed_op`` says), a random batch and a path P."""
+  """The search network, its cost table and jitted steps (the arch step with the naive and a
+  fused mixed op, :func:`fused_form`), a random batch and a path P."""
+  fused = _with_mixed_op(config, fused_form(config))
   config = _with_mixed_op(config, 'naive')
   task = build.task(config)
   space = build.space(config)
@@ -193,7 +202,6 @@ def setup(config, path_seed: int = 0) -> Setup:
   fns, _ = search_loop.make_search_fns(config, model, space, table,
                                        search.Schedule(10_000, 0, 0))
   w_step, a_step = search.jit_steps(fns, mesh)
-  fused = _with_mixed_op(config, 'fused')
   fns_fused, _ = search_loop.make_search_fns(fused, build.search_network(fused, space), space,
                                              table, search.Schedule(10_000, 0, 0))
   _, a_step_fused = search.jit_steps(fns_fused, mesh)
@@ -327,7 +335,8 @@ def time_all(config, opts: Options) -> dict:
   depth = [len(st.candidates) for st in sp.stages]
   h, w = sb.batch['image'].shape[1:3]
   print(f'== search: {config.task} space {sp.name} max layers {depth} ({sp.num_searched} '
-        f'searched layers, {sp.max_candidates} candidates; search.remat={config.search.remat}), '
+        f'searched layers, {sp.max_candidates} candidates; search.remat={config.search.remat}, '
+        f'fused mixed op {fused_form(config)!r}), '
         f'{config.head.name} head {config.head.channels} ch, '
         f'{config.data.num_classes} classes, batch {sb.batch["image"].shape[0]}, {h}x{w}, '
         f'conv impl {build.conv(config, "search").keywords["impl"]}, '
