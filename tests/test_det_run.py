@@ -4,7 +4,6 @@ images; 1 vs 8 devices; the class-prior baseline."""
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -12,65 +11,38 @@ import numpy as np
 import optax
 import pytest
 
+import _tiny_task_run as tiny_run
 from configs import det_demo
 from fna_jax import build
-from fna_jax import cost as cost_lib
 from fna_jax.models.init import init_variables
 from fna_jax.runtime import mesh as mesh_lib
 from fna_jax.runtime import steps as steps_lib
 from fna_jax.tasks.det import baseline, pipeline
 from fna_jax.tasks.det.demo_data import DemoDetection
-from fna_jax.train.adapt_loop import run_adapt
-from fna_jax.train.evaluate import run_evaluation
-from fna_jax.train.search_loop import run_search
-
-
-def quiet(_):
-  pass
 
 
 def tiny_det_config(tmp_path_factory):
   c = det_demo.get_config()
   c.data.update(num_train=32, num_val=6, image_size=64, canvas=(64, 64), scale=(64, 64))
-  c.seed_net.pretrain.update(steps=2, batch_size=8, image_size=32, num_examples=32)
-  c.seed_net.cache_dir = str(tmp_path_factory.getbasetemp() / 'seed_cache')
-  c.space.max_layers = (1, 1, 1, 1, 1, 1, 1)
-  c.space.ops = ('k3_e3', 'k5_e3')
   c.head.update(channels=16, num_convs=1)
   c.search.update(epochs=2, warmup_epochs=1, batch_size=8, w_lr_steps=(1,), w_lr_warmup_steps=1)
   c.adapt.update(steps=3, batch_size=8, lr_steps=(2,), warmup_steps=1)
   c.eval.update(batch_size=4, num_visualize=2)
-  c.cost_input_size = (64, 64)
-  c.log_every = 1
-  c.checkpoint_every = 100
-  c.xla_cache_dir = str(tmp_path_factory.getbasetemp() / 'xla_cache')
-  return c
+  return tiny_run.shrink(c, tmp_path_factory, 64)
 
 
 @pytest.mark.slow
 def test_det_pipeline_end_to_end(tmp_path_factory):
   c = tiny_det_config(tmp_path_factory)
-  root = tmp_path_factory.mktemp('det')
-  search_dir, adapt_dir = str(root / 'search'), str(root / 'adapt')
-  searched = run_search(c, search_dir, log=quiet)
-  assert searched.arch.output_stride == 32 and searched.arch.last_channels is None
-  lines = []
-  adapted = run_adapt(c, adapt_dir, search_dir, log=lines.append)
-  assert any('remapped from the searched supernet' in l for l in lines)
-  assert adapted.arch == searched.arch
-  net, variables, meta = build.load_network(os.path.join(adapt_dir, 'model'), c)
-  assert meta['task'] == 'det' and meta['outputs'] == {'num_classes': 5}
-  assert cost_lib.count(net, variables, (1, 64, 64, 3)) == adapted.cost
-  result = run_evaluation(c, adapt_dir, log=quiet)
-  with open(os.path.join(adapt_dir, 'eval', 'eval.json')) as f:
-    saved = json.load(f)
+  run = tiny_run.run_pipeline(c, tmp_path_factory.mktemp('det'), 'det', {'num_classes': 5})
+  saved = run.saved
   assert saved['num_images'] == 6
-  assert -1.0 <= saved['AP'] <= 1.0 and saved['AP'] == pytest.approx(result['AP'])
+  assert -1.0 <= saved['AP'] <= 1.0 and saved['AP'] == pytest.approx(run.result['AP'])
   for k in ('AP50', 'AP75', 'APs', 'APm', 'APl'):
     assert k in saved
-  with open(os.path.join(adapt_dir, 'eval', 'coco_eval.txt')) as f:
+  with open(os.path.join(run.adapt_dir, 'eval', 'coco_eval.txt')) as f:
     assert 'Average Precision' in f.read()
-  pictures = os.listdir(os.path.join(adapt_dir, 'eval', 'predictions'))
+  pictures = os.listdir(os.path.join(run.adapt_dir, 'eval', 'predictions'))
   assert len([p for p in pictures if p.endswith('.png')]) == 2
 
 

@@ -4,7 +4,6 @@ figures; and the MPII config's recipe and network (paper Tab. 6)."""
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -12,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 
+import _tiny_task_run as tiny_run
 from configs import pose_demo, pose_mpii
 from fna_jax import arch as arch_lib
 from fna_jax import build
@@ -20,53 +20,26 @@ from fna_jax.models.init import init_variables
 from fna_jax.runtime import mesh as mesh_lib
 from fna_jax.runtime import steps as steps_lib
 from fna_jax.tasks.pose import affine, baseline, decode, joints, pipeline
-from fna_jax.train.adapt_loop import run_adapt
-from fna_jax.train.evaluate import run_evaluation
-from fna_jax.train.search_loop import run_search
-
-
-def quiet(_):
-  pass
 
 
 def tiny_pose_config(tmp_path_factory):
   c = pose_demo.get_config()
   c.data.update(num_train=48, num_val=10, image_size=64, input_size=(64, 64))
-  c.seed_net.pretrain.update(steps=2, batch_size=8, image_size=32, num_examples=32)
-  c.seed_net.cache_dir = str(tmp_path_factory.getbasetemp() / 'seed_cache')
-  c.space.max_layers = (1, 1, 1, 1, 1, 1, 1)
-  c.space.ops = ('k3_e3', 'k5_e3')
   c.head.channels = 16
   c.search.update(epochs=2, warmup_epochs=1, batch_size=8, w_lr_steps=(1,))
   c.adapt.update(steps=3, batch_size=8, lr_steps=(2,))
   c.eval.update(batch_size=8, num_visualize=2)
-  c.cost_input_size = (64, 64)
-  c.log_every = 1
-  c.checkpoint_every = 100
-  c.xla_cache_dir = str(tmp_path_factory.getbasetemp() / 'xla_cache')
-  return c
+  # Heatmaps at a quarter of the input: the network's cost is counted at the input size.
+  return tiny_run.shrink(c, tmp_path_factory, 64)
 
 
 @pytest.mark.slow
 def test_pose_pipeline_end_to_end(tmp_path_factory):
   c = tiny_pose_config(tmp_path_factory)
-  root = tmp_path_factory.mktemp('pose')
-  search_dir, adapt_dir = str(root / 'search'), str(root / 'adapt')
-  searched = run_search(c, search_dir, log=quiet)
-  assert searched.arch.output_stride == 32 and searched.arch.last_channels is None
-  lines = []
-  adapted = run_adapt(c, adapt_dir, search_dir, log=lines.append)
-  assert any('remapped from the searched supernet' in l for l in lines)
-  assert adapted.arch == searched.arch
-  # Heatmaps at a quarter of the input: the network counted at the config's input size.
-  net, variables, meta = build.load_network(os.path.join(adapt_dir, 'model'), c)
-  assert meta['task'] == 'pose' and meta['outputs'] == {'num_joints': 16}
-  assert cost_lib.count(net, variables, (1, 64, 64, 3)) == adapted.cost
-  result = run_evaluation(c, adapt_dir, log=quiet)
-  with open(os.path.join(adapt_dir, 'eval', 'eval.json')) as f:
-    saved = json.load(f)
-  assert 0.0 <= saved['pckh'] <= 1.0 and saved['pckh'] == pytest.approx(result['pckh'])
-  pictures = os.listdir(os.path.join(adapt_dir, 'eval', 'predictions'))
+  run = tiny_run.run_pipeline(c, tmp_path_factory.mktemp('pose'), 'pose', {'num_joints': 16})
+  saved = run.saved
+  assert 0.0 <= saved['pckh'] <= 1.0 and saved['pckh'] == pytest.approx(run.result['pckh'])
+  pictures = os.listdir(os.path.join(run.adapt_dir, 'eval', 'predictions'))
   assert len([p for p in pictures if p.endswith('.png')]) == 2
 
 
