@@ -46,7 +46,8 @@ class PipelineRun:
 def run_pipeline(c, root, task: str, outputs: dict) -> PipelineRun:
   """Search, adaptation and evaluation under ``root``; checks that the searched network keeps
   the task's output stride 32 without a last conv, that adaptation remapped from the supernet,
-  and that the saved network is the task's (``task``, ``outputs``) at the adapted cost."""
+  that the saved network is the task's (``task``, ``outputs``) at the adapted cost, and that
+  evaluation drew ``eval.num_visualize`` pictures."""
   search_dir, adapt_dir = str(root / 'search'), str(root / 'adapt')
   searched = run_search(c, search_dir, log=quiet)
   assert searched.arch.output_stride == 32 and searched.arch.last_channels is None
@@ -60,4 +61,6 @@ def run_pipeline(c, root, task: str, outputs: dict) -> PipelineRun:
   result = run_evaluation(c, adapt_dir, log=quiet)
   with open(os.path.join(adapt_dir, 'eval', 'eval.json')) as f:
     saved = json.load(f)
+  pictures = os.listdir(os.path.join(adapt_dir, 'eval', 'predictions'))
+  assert len([p for p in pictures if p.endswith('.png')]) == c.eval.num_visualize
   return PipelineRun(adapt_dir, result, saved)

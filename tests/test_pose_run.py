@@ -4,7 +4,6 @@ figures; and the MPII config's recipe and network (paper Tab. 6)."""
 
 from __future__ import annotations
 
-import os
 
 import jax
 import numpy as np
@@ -39,8 +38,6 @@ def test_pose_pipeline_end_to_end(tmp_path_factory):
   run = tiny_run.run_pipeline(c, tmp_path_factory.mktemp('pose'), 'pose', {'num_joints': 16})
   saved = run.saved
   assert 0.0 <= saved['pckh'] <= 1.0 and saved['pckh'] == pytest.approx(run.result['pckh'])
-  pictures = os.listdir(os.path.join(run.adapt_dir, 'eval', 'predictions'))
-  assert len([p for p in pictures if p.endswith('.png')]) == 2
 
 
 def test_mpii_config_is_the_papers_recipe():
